@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.preprocess import resize_and_crop
+
+
+@pytest.mark.parametrize(("h", "w"), [(240, 320), (1080, 1920), (720, 405), (50, 50), (112, 300)])
+def test_output_is_square_uint8_contiguous(h, w):
+    frame = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    out = resize_and_crop(frame, 112)
+    assert out.shape == (112, 112, 3)
+    assert out.dtype == np.uint8
+    assert out.flags.c_contiguous
+
+
+def test_crop_is_centred_on_the_long_side():
+    # A landscape frame whose left third is black, middle white, right third black: after the
+    # short side matches, the centre crop must be all white.
+    frame = np.zeros((100, 300, 3), np.uint8)
+    frame[:, 100:200] = 255
+    out = resize_and_crop(frame, 100)
+    assert out.min() == 255
+
+
+def test_same_size_square_frame_is_unchanged():
+    frame = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_and_crop(frame, 64), frame)
+
+
+def test_rejects_nonpositive_size():
+    with pytest.raises(ValueError):
+        resize_and_crop(np.zeros((10, 10, 3), np.uint8), 0)

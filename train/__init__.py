@@ -1,0 +1,1 @@
+"""Fine-tuning TimeSformer with PyTorch Lightning (needs the `train` extra)."""
