@@ -144,6 +144,15 @@ def layout_for(height: int, width: int) -> Layout:
     )
 
 
+def _unit(score: float) -> float:
+    """``score`` clamped to [0, 1]; NaN (a broken model) counts as 0 rather than crashing the view."""
+    return min(max(score, 0.0), 1.0) if np.isfinite(score) else 0.0
+
+
+def _percent(score: float) -> str:
+    return f"{100 * _unit(score):.0f}%"
+
+
 def _shade(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, keep: float) -> None:
     """Darken a rectangle, keeping ``keep`` of its brightness, so that text on it is readable."""
     roi = frame[y0:y1, x0:x1]
@@ -170,7 +179,7 @@ def _draw_label(frame: np.ndarray, state: OverlayState, lay: Layout, top: int) -
     if state.stale:
         name, right = (label.name, WAITING) if label.is_action else (WAITING, "")
     elif label.is_action:
-        right = f"{100 * label.score:.0f}%"
+        right = _percent(label.score)
     baseline = top + lay.pad + style.height
     right_width = _text_size(right, style.font, style.scale, style.thickness)[0] if right else 0
     if right:
@@ -198,11 +207,11 @@ def _draw_bars(frame: np.ndarray, state: OverlayState, lay: Layout, top: int, ro
         _put(frame, shown, x0 + lay.pad, baseline, style, text_colour)
         if bar_x1 > bar_x0:
             cv2.rectangle(frame, (bar_x0, y), (bar_x1, y + bar_height - 1), TRACK, cv2.FILLED)
-            filled = bar_x0 + round(min(max(score, 0.0), 1.0) * (bar_x1 - bar_x0))
+            filled = bar_x0 + round(_unit(score) * (bar_x1 - bar_x0))
             if filled > bar_x0:
                 colour = MUTED if state.stale else class_colour(name)
                 cv2.rectangle(frame, (bar_x0, y), (filled, y + bar_height - 1), colour, cv2.FILLED)
-        percent = f"{100 * score:.0f}%"
+        percent = _percent(score)
         width = _text_size(percent, style.font, style.scale, style.thickness)[0]
         _put(frame, percent, x1 - lay.pad - width, baseline, style, text_colour)
 

@@ -165,3 +165,9 @@ def test_bars_that_do_not_fit_are_left_out_rather_than_covering_the_status_line(
     frame, _ = render(height, width, state())
     status_top = height - lay.margin - (lay.status.height + lay.status.depth + 2 * lay.pad)
     assert not has_colour(frame[status_top:], TRACK)
+
+
+def test_broken_scores_and_empty_names_do_not_break_the_frame():
+    s = state(label=Label(0, "", float("nan")), top_k=(("", float("nan")), ("x", -0.5), ("y", 7.0)))
+    _, changed = render(240, 320, s)  # a NaN once crashed round() in the bar width
+    assert changed.any()
