@@ -17,6 +17,7 @@ from stream.smoothing import (
     SmoothingPolicy,
     VoteSmoother,
     default_min_score,
+    default_window,
     majority,
     make_smoother,
 )
@@ -133,13 +134,15 @@ def test_ema_alpha_one_is_no_smoothing():
     [
         (SmoothingPolicy.EMA, confident(0, 0.9), confident(1, 0.9)),
         (SmoothingPolicy.EMA, confident(0, 0.95), confident(1, 0.6)),  # a hesitant new action
+        (SmoothingPolicy.EMA, confident(0, 0.9, 2), confident(1, 0.6, 2)),  # ... on 2 classes
+        (SmoothingPolicy.VOTE, confident(0, 0.9, 2), confident(1, 0.6, 2)),
         (SmoothingPolicy.VOTE, confident(0, 0.9), confident(1, 0.9)),
         (SmoothingPolicy.HYSTERESIS, confident(0, 0.9), confident(1, 0.9)),
         (SmoothingPolicy.NONE, confident(0, 0.9), confident(1, 0.9)),
     ],
 )
 def test_defaults_follow_a_confident_new_action_within_budget(policy, old, new):
-    smoother = make_smoother(policy, NAMES)
+    smoother = make_smoother(policy, NAMES[: len(old)])
     for _ in range(20):  # a long, settled history is the hardest case
         smoother.update(old)
     updates = updates_until(smoother, new, "wash")
@@ -215,6 +218,11 @@ def test_make_smoother_uses_documented_defaults():
     assert ema.min_score == pytest.approx(default_min_score(3))
     assert make_smoother("vote", NAMES).window == DEFAULT_WINDOW
     assert make_smoother("hysteresis", NAMES).window == DEFAULT_HYSTERESIS_WINDOW
+    assert (default_window("vote"), default_window("hysteresis"), default_window("ema")) == (
+        DEFAULT_WINDOW,
+        DEFAULT_HYSTERESIS_WINDOW,
+        None,
+    )
     assert isinstance(make_smoother("none", NAMES), PassThrough)
 
 
