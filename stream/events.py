@@ -124,6 +124,7 @@ class EventLog:
         self._segments: list[dict[str, Any]] = []
         self._run: _Run | None = None
         self._last_time_s: float | None = None
+        self._last_frame: int | None = None
         self._frame_interval_s = 0.0
         self._summary: dict[str, Any] | None = None
 
@@ -177,7 +178,13 @@ class EventLog:
         )
 
     def note_frame(self, frame_index: int, time_s: float, smoothed: Label | None) -> None:
-        """Record the label shown on a presented frame; None (no result yet) is in no segment."""
+        """Record the label shown on a presented frame; None (no result yet) is in no segment.
+
+        Frames must be noted in presentation order (indices may skip where a live source dropped).
+        """
+        if self._last_frame is not None and frame_index <= self._last_frame:
+            raise ValueError(f"frame {frame_index} noted after frame {self._last_frame}")
+        self._last_frame = frame_index
         if self._last_time_s is not None and time_s > self._last_time_s:
             self._frame_interval_s = time_s - self._last_time_s
         self._last_time_s = time_s

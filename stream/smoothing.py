@@ -29,6 +29,9 @@ import numpy as np
 from stream.errors import OptionError
 from stream.prediction import Label
 
+# Scores arrive as float32: 0.7f is 0.69999999, which must count as reaching --min-score 0.7.
+_SCORE_TOLERANCE = 1e-6
+
 DEFAULT_ALPHA = 0.4
 """EMA weight of the newest prediction.
 
@@ -45,8 +48,6 @@ DEFAULT_HYSTERESIS_WINDOW = 3
 """Hysteresis window: the label changes after 3 agreeing predictions, the same 0.75 s as vote.
 Hysteresis needs all of its window to agree, so it uses a shorter window than vote to respond as
 fast."""
-
-_SCORE_TOLERANCE = 1e-6
 
 MIN_SCORE_MARGIN = 0.05
 """Default ``min_score`` is this fraction of the way from chance (1/C) to certainty (1)."""
@@ -117,7 +118,6 @@ class Smoother(ABC):
 
     def _gate(self, index: int, score: float) -> Label:
         """The label for class ``index``, or "no action" when its score is below ``min_score``."""
-        # The tolerance keeps float32 scores at the threshold (0.7f < 0.7) on the shown side.
         if score < self.min_score - _SCORE_TOLERANCE:
             return Label.no_action(score)
         return Label(index, self.class_names[index], score)
@@ -294,7 +294,8 @@ def _check_options(
             raise OptionError(
                 f"--window applies to --smoothing vote or hysteresis only, not {policy.value}"
             )
-        if isinstance(window, bool) or int(window) != window or window < 1:
+        whole = isinstance(window, int | float) and float(window).is_integer()
+        if isinstance(window, bool) or not whole or window < 1:
             raise OptionError(f"--window must be a whole number of predictions >= 1, got {window}")
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         raise OptionError(f"--min-score must be a probability in [0, 1], got {min_score}")

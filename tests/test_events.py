@@ -159,3 +159,10 @@ def test_write_failure_is_an_output_error_naming_the_file(tmp_path):
     pred = prediction(0, [1, 0, 0])
     with pytest.raises(OutputError, match="/dev/full"):
         log.write_prediction(pred, Label(0, "cut", 1.0), Label(0, "cut", 1.0))
+
+
+def test_frames_must_be_noted_in_order():
+    log = EventLog.open(None)
+    log.note_frame(3, 0.1, None)
+    with pytest.raises(ValueError, match="frame 3 noted after frame 3"):
+        log.note_frame(3, 0.1, None)

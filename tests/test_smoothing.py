@@ -233,6 +233,8 @@ def test_make_smoother_uses_documented_defaults():
         ("ema", {"alpha": 1.5}, "--alpha must be in (0, 1]"),
         ("vote", {"window": 0}, "--window must be"),
         ("hysteresis", {"window": 2.5}, "--window must be"),
+        ("vote", {"window": float("inf")}, "--window must be"),
+        ("ema", {"alpha": float("nan")}, "--alpha must be in (0, 1]"),
         ("none", {"min_score": -0.1}, "--min-score must be"),
         ("ema", {"min_score": 1.1}, "--min-score must be"),
         ("vote", {"alpha": 0.5}, "--alpha applies to --smoothing ema only"),
