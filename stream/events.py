@@ -1,0 +1,267 @@
+"""The ``--events`` JSON Lines log: one line per prediction, then one summary line.
+
+Prediction line::
+
+    {"type": "prediction", "frame_index": int, "time_s": float,
+     "raw": {"label": str, "score": float}, "smoothed": {"label": str, "score": float},
+     "scores": [float, ...], "latency_ms": float}
+
+Summary line (always the last)::
+
+    {"type": "summary", "frames": int, "predictions": int, "dropped_frames": int,
+     "video_label": str, "video_score": float,
+     "segments": [{"label": str, "start_s": float, "end_s": float, "score": float}], ...}
+
+``video_label`` is the argmax of the mean of all raw score vectors. ``segments`` are the runs of
+the smoothed label over the presented frames; a run ends where the next begins (the last one a
+frame interval after its last frame), and its score is the mean smoothed score over its frames.
+Extra summary keys: ``latency_ms_p50``, ``latency_ms_p95``, ``inference_ms_mean`` and whatever
+the caller passes to :meth:`EventLog.close`.
+
+Each line is flushed as it is written, so a crash leaves only complete lines. Without a path the
+log writes nothing but still builds the summary that is printed at exit. The presenter thread is
+the only user; the log is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from stream.errors import OutputError
+from stream.prediction import NO_ACTION, Label, Prediction
+
+SCORE_DECIMALS = 6
+TIME_DECIMALS = 6  # microseconds: exact enough to tell frames of a 1000 fps source apart
+MS_DECIMALS = 3
+_SUMMARY_SCHEMA = frozenset(
+    ("type", "frames", "predictions", "dropped_frames", "video_label", "video_score", "segments")
+)
+
+
+def check_writable(path: Path | str) -> None:
+    """Raise :class:`OutputError` unless a file can be created at ``path``.
+
+    Called before the stream starts, so that a typo in an output path is reported at once rather
+    than after minutes of video. Used for the events file and the recording alike.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK):
+        raise OutputError(f"cannot write {path}: permission denied on {target}")
+
+
+def _round(value: float, decimals: int) -> float | None:
+    """A JSON-safe rounded float: NaN and infinities (a broken model) become null."""
+    value = float(value)
+    return round(value, decimals) if math.isfinite(value) else None
+
+
+def _label_json(label: Label) -> dict[str, Any]:
+    return {"label": label.name, "score": _round(label.score, SCORE_DECIMALS)}
+
+
+def _json_safe(value: Any) -> Any:
+    """Extras as JSON: numpy scalars to Python, floats rounded, non-finite floats to null."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return _round(value, SCORE_DECIMALS)
+    return value
+
+
+@dataclass
+class _Run:
+    """A run of one smoothed label over consecutive presented frames."""
+
+    index: int
+    name: str
+    start_s: float
+    last_s: float
+    score_sum: float
+    frames: int = 1
+
+    def as_segment(self, end_s: float) -> dict[str, Any]:
+        return {
+            "label": self.name,
+            "start_s": _round(self.start_s, TIME_DECIMALS),
+            "end_s": _round(end_s, TIME_DECIMALS),
+            "score": _round(self.score_sum / self.frames, SCORE_DECIMALS),
+        }
+
+
+class EventLog:
+    """Writes prediction lines as they come and the summary line on :meth:`close`."""
+
+    def __init__(
+        self, path: Path | None, file: IO[str] | None, class_names: Sequence[str] = ()
+    ) -> None:
+        self.path = path
+        self._file = file
+        # Names for video_label, whose class may never have been anyone's top-1; labels seen in
+        # write_prediction fill in when the caller gave none.
+        self._names: dict[int, str] = dict(enumerate(class_names))
+        self._predictions = 0
+        self._score_sum: np.ndarray | None = None
+        self._latencies: list[float] = []
+        self._inference: list[float] = []
+        self._segments: list[dict[str, Any]] = []
+        self._run: _Run | None = None
+        self._last_time_s: float | None = None
+        self._last_frame: int | None = None
+        self._frame_interval_s = 0.0
+        self._summary: dict[str, Any] | None = None
+
+    check_writable = staticmethod(check_writable)
+
+    @classmethod
+    def open(cls, path: Path | str | None, class_names: Sequence[str] = ()) -> EventLog:
+        """A log writing to ``path`` (replaced if it exists), or one that only summarises (None).
+
+        Pass the model's ``class_names`` so that ``video_label`` can always be named.
+        """
+        if path is None:
+            return cls(None, None, class_names)
+        path = Path(path)
+        check_writable(path)
+        try:
+            file = path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write events file {path}: {exc.strerror or exc}") from exc
+        return cls(path, file, class_names)
+
+    @property
+    def closed(self) -> bool:
+        return self._summary is not None
+
+    def write_prediction(self, pred: Prediction, raw: Label, smoothed: Label) -> None:
+        """Log one prediction with its raw top-1 and the smoothed label it led to."""
+        if self.closed:
+            raise RuntimeError("write_prediction after close: the summary is already written")
+        scores = np.asarray(pred.scores, dtype=np.float64)
+        if self._score_sum is None:
+            self._score_sum = np.zeros_like(scores)
+        self._score_sum += scores
+        self._predictions += 1
+        for label in (raw, smoothed):
+            if label.index >= 0:
+                self._names.setdefault(label.index, label.name)
+        if math.isfinite(pred.latency_ms) and math.isfinite(pred.inference_ms):
+            self._latencies.append(pred.latency_ms)
+            self._inference.append(pred.inference_ms)
+        self._write(
+            {
+                "type": "prediction",
+                "frame_index": int(pred.frame_index),
+                "time_s": _round(pred.time_s, TIME_DECIMALS),
+                "raw": _label_json(raw),
+                "smoothed": _label_json(smoothed),
+                "scores": [_round(s, SCORE_DECIMALS) for s in scores],
+                "latency_ms": _round(pred.latency_ms, MS_DECIMALS),
+            }
+        )
+
+    def note_frame(self, frame_index: int, time_s: float, smoothed: Label | None) -> None:
+        """Record the label shown on a presented frame; None (no result yet) is in no segment.
+
+        Frames must be noted in presentation order (indices may skip where a live source dropped).
+        """
+        if self._last_frame is not None and frame_index <= self._last_frame:
+            raise ValueError(f"frame {frame_index} noted after frame {self._last_frame}")
+        self._last_frame = frame_index
+        if self._last_time_s is not None and time_s > self._last_time_s:
+            self._frame_interval_s = time_s - self._last_time_s
+        self._last_time_s = time_s
+        run = self._run
+        if run is not None and (smoothed is None or smoothed.index != run.index):
+            # The run covers its frames up to the moment the next frame replaced it.
+            self._segments.append(run.as_segment(time_s))
+            self._run = run = None
+        if smoothed is None:
+            return
+        if run is None:
+            self._run = _Run(smoothed.index, smoothed.name, time_s, time_s, smoothed.score)
+        else:
+            run.last_s = time_s
+            run.score_sum += smoothed.score
+            run.frames += 1
+
+    def close(self, *, frames: int, dropped_frames: int, extra: dict[str, Any] | None = None) -> dict:
+        """Write the summary line, close the file and return the summary; later calls return it again."""
+        if self._summary is not None:
+            return self._summary
+        if self._run is not None:
+            self._segments.append(self._run.as_segment(self._run.last_s + self._frame_interval_s))
+            self._run = None
+        if self._score_sum is not None and self._predictions:
+            mean = self._score_sum / self._predictions
+            best = int(np.argmax(mean))
+            video_label, video_score = self._names.get(best, str(best)), float(mean[best])
+        else:
+            video_label, video_score = NO_ACTION, 0.0
+        summary: dict[str, Any] = {
+            "type": "summary",
+            "frames": int(frames),
+            "predictions": self._predictions,
+            "dropped_frames": int(dropped_frames),
+            "video_label": video_label,
+            "video_score": _round(video_score, SCORE_DECIMALS),
+            "segments": self._segments,
+            **self._latency_stats(),
+        }
+        # Extras may refine the latency figures but never change the fixed schema.
+        for key, value in _json_safe(extra or {}).items():
+            if key not in _SUMMARY_SCHEMA:
+                summary[key] = value
+        self._summary = summary
+        try:
+            self._write(summary)
+        finally:
+            self._close_file()
+        return summary
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _latency_stats(self) -> dict[str, float | None]:
+        if not self._latencies:
+            return {"latency_ms_p50": None, "latency_ms_p95": None, "inference_ms_mean": None}
+        p50, p95 = np.percentile(self._latencies, [50, 95])
+        return {
+            "latency_ms_p50": _round(p50, MS_DECIMALS),
+            "latency_ms_p95": _round(p95, MS_DECIMALS),
+            "inference_ms_mean": _round(float(np.mean(self._inference)), MS_DECIMALS),
+        }
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self._close_file()
+            raise OutputError(f"cannot write events file {self.path}: {exc.strerror or exc}") from exc
+
+    def _close_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:
+                raise OutputError(f"cannot write events file {self.path}: {exc.strerror or exc}") from exc
