@@ -254,6 +254,15 @@ def test_layout_b_training_clip_frames_come_from_rgb_frames(layout_b):
     assert EPIC100_COLUMNS[0] == "narration_id"
 
 
+def test_layout_b_finds_frames_where_the_download_scripts_unpack_them(tmp_path):
+    root = write_layout_b(tmp_path)
+    (root / "P01").mkdir()
+    (root / "rgb_frames/P01").rename(root / "P01/rgb_frames")
+    dm = EpicKitchensDataModule(str(root), **SMALL)
+    dm.setup("fit")
+    assert {s.source for s in dm.segments("train")} == {root / "P01/rgb_frames/P01_01"}
+
+
 # --- layout c ---------------------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ Layouts of ``data_path`` (``layout="auto"`` tells them apart by the files presen
   or an integer id.
 * ``b``, the official EPIC-KITCHENS-100 annotations: ``EPIC_100_train.csv``,
   ``EPIC_100_validation.csv``, ``EPIC_100_verb_classes.csv``, ``EPIC_100_noun_classes.csv`` and
-  frames ``rgb_frames/<participant>/<video_id>/frame_XXXXXXXXXX.jpg``. The label is the verb, the
+  frames ``rgb_frames/<participant>/<video_id>/frame_XXXXXXXXXX.jpg`` (or
+  ``<participant>/rgb_frames/<video_id>/``, as the download scripts unpack). The label is the verb, the
   noun or the action (a verb-noun pair seen in training, named "verb noun"). An optional
   ``EPIC_100_video_info.csv`` gives each video's frame rate.
 * ``c``, a user's own videos: ``{train,val}/<class name>/*.mp4`` (or avi, mov, mkv, webm), one
@@ -363,6 +364,9 @@ def epic100_segments(
         start, stop = _frame_range(row, origin)
         participant, video = row["participant_id"].strip(), row["video_id"].strip()
         folder = root / "rgb_frames" / participant / video
+        if not folder.is_dir() and (root / participant / "rgb_frames" / video).is_dir():
+            # The official download scripts unpack to <participant>/rgb_frames/<video_id>.
+            folder = root / participant / "rgb_frames" / video
         name = classes.name(row, label, origin)
         segments.append(
             Segment(folder, start, stop, classes.video_fps.get(video, fps), name, origin)
@@ -669,46 +673,37 @@ class EpicKitchensDataModule(pl.LightningDataModule):
     def segments(self, split: str) -> list[Segment]:
         """The checked segments of a split whose class is in :attr:`class_names`."""
         raw = self._raw_segments(split)
+        self._check_split_classes(split, raw)
         keep = set(self._class_names)
         segments = [s for s in raw if s.class_name in keep]
-        dropped = [s for s in raw if s.class_name not in keep]
-        if dropped and self.layout is Layout.VIDEOS and split != "train":
-            unknown = sorted(
-                {s.class_name for s in dropped} - set(class_folders(self.root / "train"))
-            )
+        if not segments:
+            raise DataError(self._empty_split_message(split, raw))
+        check_frames(segments)
+        return segments
+
+    def _check_split_classes(self, split: str, raw: Sequence[Segment]) -> None:
+        """What a split's classes must agree with, beyond the class list itself."""
+        have = {s.class_name for s in raw}
+        if self.layout is Layout.VIDEOS and split == "train":
+            empty = [n for n in self._class_names if n not in have]
+            if empty:
+                raise DataError(f"{self.root / 'train' / empty[0]}: the class folder has no videos")
+        elif self.layout is Layout.VIDEOS:
+            unknown = sorted(have - set(class_folders(self.root / "train")))
             if unknown:
                 raise DataError(
                     f"{self.root / split / unknown[0]}: class {unknown[0]!r} has no folder in "
                     f"{self.root / 'train'}"
                 )
-        if (
-            dropped
-            and self.layout is Layout.EPIC_100
-            and self.label is Label.ACTION
-            and split != "train"
-        ):
-            unseen = [
-                s
-                for s in dropped
-                if s.class_name not in set(action_pairs(self._raw_segments("train")))
-            ]
+        elif self.layout is Layout.EPIC_100 and self.label is Label.ACTION and split != "train":
+            trained = {s.class_name for s in self._raw_segments("train")}
+            unseen = sum(s.class_name not in trained for s in raw)
             if unseen:
                 log.warning(
                     "%d %s rows have actions that training never has; they are left out",
-                    len(unseen),
+                    unseen,
                     split,
                 )
-        if not segments:
-            raise DataError(self._empty_split_message(split, raw))
-        if split == "train" and self.layout is Layout.VIDEOS:
-            have = {s.class_name for s in segments}
-            missing = [n for n in self._class_names if n not in have]
-            if missing:
-                raise DataError(
-                    f"{self.root / 'train' / missing[0]}: the class folder has no videos"
-                )
-        check_frames(segments)
-        return segments
 
     def _empty_split_message(self, split: str, raw: Sequence[Segment]) -> str:
         source = {
