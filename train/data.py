@@ -164,7 +164,7 @@ def read_image(path: Path, origin: str) -> np.ndarray:
     return frame
 
 
-def read_video_frames(path: Path, indices: Sequence[int], origin: str) -> list[np.ndarray]:
+def read_video_frames(path: Path, indices: Sequence[int]) -> list[np.ndarray]:
     """Frames ``indices`` (0-based, non-decreasing) of a video, decoded in one forward pass.
 
     Seeks to the first index, then grabs forward and decodes only the frames asked for. Frame
@@ -173,7 +173,7 @@ def read_video_frames(path: Path, indices: Sequence[int], origin: str) -> list[n
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
-            raise DataError(f"{origin}: cannot open video {path}")
+            raise DataError(f"{path}: cannot open the video")
         wanted = sorted(set(int(i) for i in indices))
         position = 0
         if wanted[0] > 0 and capture.set(cv2.CAP_PROP_POS_FRAMES, wanted[0]):
@@ -193,17 +193,17 @@ def read_video_frames(path: Path, indices: Sequence[int], origin: str) -> list[n
     finally:
         capture.release()
     if last is None:
-        raise DataError(f"{origin}: cannot decode frame {wanted[0]} of video {path}")
-    frames, previous = [], None
+        raise DataError(f"{path}: cannot decode frame {wanted[0]} of the video")
+    frames, previous = [], last  # wanted[0] is always decoded, so `previous` is set first
     for index in indices:
-        previous = decoded.get(int(index), previous if previous is not None else last)
+        previous = decoded.get(int(index), previous)
         frames.append(previous)
     return frames
 
 
 def read_segment_frames(segment: Segment, indices: Sequence[int]) -> list[np.ndarray]:
     if segment.is_video:
-        return read_video_frames(segment.source, indices, segment.origin)
+        return read_video_frames(segment.source, indices)
     return [read_image(segment.source / frame_name(int(i)), segment.origin) for i in indices]
 
 
