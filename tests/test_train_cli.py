@@ -256,3 +256,24 @@ def test_ddp_fit_on_two_cpu_processes(tiny_config, tmp_path):
     assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2 * 2
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["class_names"] == CLASSES
+
+
+def test_epic_bags_config_is_the_original_experiment(tiny_config, tmp_path, capsys):
+    config = str(REPO / "configs" / "epic_bags.yaml")
+    data = str(tiny_config.parent / "data")
+    # The user supplies the HowTo100M checkpoint; without it the error says which file is missing.
+    assert main(["fit", "--config", config, "--data.data_path", data,
+                 "--trainer.default_root_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("epic-train: error:") and "TimeSformer_divST_8x32_224_HowTo100M" in err
+
+    cli = EpicTrainCLI(["--config", config, "--data.data_path", data, "--model.checkpoint", "null",
+                        "--trainer.default_root_dir", str(tmp_path)], run=False)
+    hp = cli.model.hparams
+    assert hp.arch["embed_dim"] == 768 and hp.arch["depth"] == 12 and hp.arch["num_heads"] == 12
+    assert (hp.num_frames, hp.image_size, hp.clip_seconds) == (8, 224, 2.0)
+    assert list(hp.mean) == [0.45] * 3 and list(hp.std) == [0.225] * 3
+    assert (hp.optimizer, hp.lr, hp.freeze) == ("adam", 1e-4, "none")
+    assert hp.class_names == CLASSES
+    assert cli.trainer.max_epochs == 50 and cli.datamodule.batch_size == 1
+    assert cli.trainer.checkpoint_callback.monitor == "val_acc"
