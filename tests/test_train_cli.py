@@ -156,6 +156,20 @@ def test_checkpoint_carries_what_export_needs(fit_run):
     assert ckpt["state_dict"]["model.head.weight"].shape == (len(CLASSES), 32)
 
 
+def test_the_checkpoint_loader_rebuilds_the_trained_network(fit_run):
+    from train.checkpoint import load_timesformer
+    from train.module import VideoClassifier
+
+    path = fit_run / "checkpoints" / "last.ckpt"
+    module = VideoClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+    loaded = load_timesformer(path)
+    assert loaded.kind == "lightning"
+    assert int(loaded.arch["num_heads"]) == 2  # from the hparams: 32 // 64 would guess wrong
+    frames = torch.randint(0, 256, (2, 4, 16, 16, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(module.normalize(frames)), module(frames))
+
+
 def test_class_count_comes_from_the_data(tiny_config):
     cli = EpicTrainCLI(["--config", str(tiny_config), "--data.subset", '["put bag", "open bag"]'],
                        run=False)

@@ -15,6 +15,7 @@ import inspect
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -189,6 +190,13 @@ class VideoClassifier(pl.LightningModule):
         """The checkpoint's TimeSformer, embeddings resized and head reset; its resolved arch."""
         from train.checkpoint import load_timesformer
 
+        if not Path(path).expanduser().is_file():
+            raise OptionError(
+                f"model.checkpoint {path}: file not found; point it at TimeSformer weights"
+                " (.pyth, .pth state dict, Lightning .ckpt or a timm ViT) or set it to null to"
+                " train from scratch"
+            )
+        path = str(Path(path).expanduser())
         arch = dict(arch or {})
         fixed = sorted(set(arch) - set(PRETRAINED_OVERRIDES))
         if fixed:
