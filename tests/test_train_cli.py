@@ -188,6 +188,21 @@ def test_default_callbacks(tiny_config, tmp_path):
     assert Path(checkpoint.dirpath) == (tmp_path / "checkpoints").resolve()
     kinds = {type(c) for c in cli.trainer.callbacks}
     assert {RichProgressBar, RunArtifacts} <= kinds
+    off = EpicTrainCLI(["--config", str(tiny_config), "--trainer.enable_checkpointing", "false",
+                        "--trainer.enable_progress_bar", "false"], run=False)
+    assert off.trainer.checkpoint_callback is None
+    assert not any(isinstance(c, RichProgressBar) for c in off.trainer.callbacks)
+
+
+def test_early_stopping_is_optional(tiny_config, tmp_path):
+    # lr 0: val_acc never improves, so patience 1 stops after the second epoch of five.
+    assert main(["fit", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
+                 "--early_stopping", "1", "--model.lr", "0", "--trainer.max_epochs", "5",
+                 "--artifacts.export_onnx", "false", "--artifacts.plots", "false",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    assert not (tmp_path / "curves.png").exists()
 
 
 def test_resume_from_last_continues_the_run(tiny_config, tmp_path):

@@ -80,7 +80,10 @@ class EpicTrainCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("data.clip_seconds", "model.clip_seconds")
 
-        parser.add_lightning_class_args(ModelCheckpoint, "model_checkpoint")
+        # Arguments only: instantiate_trainer builds it, and leaves it out when
+        # --trainer.enable_checkpointing false (Lightning refuses the two together).
+        parser.add_class_arguments(ModelCheckpoint, "model_checkpoint", instantiate=False,
+                                   fail_untyped=False, sub_configs=True)
         parser.set_defaults({
             "model_checkpoint.monitor": "val_acc",
             "model_checkpoint.mode": "max",
@@ -107,12 +110,14 @@ class EpicTrainCLI(LightningCLI):
             kwargs.setdefault("logger", CSVLogger(save_dir=root, name="logs"))
             logger = kwargs["logger"]
         callbacks = list(config.get("callbacks") or [])
+        checkpointing = self._get(self.config_init, "model_checkpoint")
+        if config.get("enable_checkpointing") is not False:
+            callbacks.append(ModelCheckpoint(**checkpointing.as_dict()))
         if self.subcommand == "fit":
             patience = self._get(self.config_init, "early_stopping")
             if patience:
-                monitor = self._get(self.config_init, "model_checkpoint")
-                callbacks.append(EarlyStopping(monitor=monitor.monitor, mode=monitor.mode,
-                                               patience=patience))
+                callbacks.append(EarlyStopping(monitor=checkpointing.monitor,
+                                               mode=checkpointing.mode, patience=patience))
             if logger:
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "predict":
