@@ -140,12 +140,10 @@ class RunArtifacts(Callback):
 
         onnx_path = onnx_error = None
         source = best_ckpt or last_ckpt
-        if self.export_onnx:
-            # An earlier run's model must not pass for this one's if this export fails.
-            (run_dir / ONNX_FILE).unlink(missing_ok=True)
         if self.export_onnx and source:
             onnx_path, onnx_error = self._export(source, run_dir / ONNX_FILE)
         elif self.export_onnx:
+            (run_dir / ONNX_FILE).unlink(missing_ok=True)
             onnx_error = "no checkpoint was saved (is checkpointing off?)"
             log.error("model.onnx not written: %s", onnx_error)
 
@@ -183,6 +181,8 @@ class RunArtifacts(Callback):
 
     def _export(self, checkpoint: str, output: Path) -> tuple[Path | None, str | None]:
         """Run the export CLI on ``checkpoint``; on failure say why and carry on (fit succeeded)."""
+        # An earlier run's model must not pass for this one's if this export fails.
+        output.unlink(missing_ok=True)
         command = [sys.executable, "-m", "export", "--checkpoint", str(checkpoint),
                    "--output", str(output)]
         env = dict(os.environ)
