@@ -138,8 +138,9 @@ class EpicTrainCLI(LightningCLI):
             return
         acc = metrics["best_val_acc"]
         best = f"{acc:.3f} (epoch {metrics['best_epoch'] + 1})" if acc is not None else "n/a"
+        epochs = metrics["epochs"]
         print(
-            f"{PROG}: best val_acc {best} after {metrics['epochs']} epochs in"
+            f"{PROG}: best val_acc {best} after {epochs} epoch{'s' * (epochs != 1)} in"
             f" {metrics['seconds']:.0f} s; run folder {self.trainer.default_root_dir}"
             + (" (no model.onnx, see the error above)" if metrics["onnx_error"] else "")
         )
