@@ -164,6 +164,11 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     ):
         kind, sd = "lightning", obj["state_dict"]
         hparams = dict(obj.get("hyper_parameters") or {})
+        # epic-train nests the full architecture under "arch" (every hyperparameter must be a
+        # VideoClassifier argument); top-level keys win where both say something.
+        arch = hparams.get("arch")
+        if isinstance(arch, dict):
+            hparams = {**arch, **hparams}
     elif isinstance(obj.get("state_dict"), dict):
         kind, sd = "state_dict", obj["state_dict"]
     elif isinstance(obj.get("model"), dict) and not _is_tensor_dict(obj):
