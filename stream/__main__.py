@@ -86,10 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     smoothing = parser.add_argument_group("smoothing of the shown label")
     smoothing.add_argument(
         "--smoothing",
-        type=SmoothingPolicy,
-        choices=list(SmoothingPolicy),
-        default=SmoothingPolicy.EMA,
-        metavar="{" + ",".join(p.value for p in SmoothingPolicy) + "}",
+        choices=[p.value for p in SmoothingPolicy],
+        default=SmoothingPolicy.EMA.value,
         help="ema: moving average of the scores; vote: majority of the last --window labels; "
         "hysteresis: change only when the last --window labels agree; none (default: ema)",
     )
@@ -121,10 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--device",
-        type=Device,
-        choices=list(Device),
-        default=Device.AUTO,
-        metavar="{" + ",".join(d.value for d in Device) + "}",
+        choices=[d.value for d in Device],
+        default=Device.AUTO.value,
         help="execution provider: auto tries TensorRT, then CUDA, then the CPU and keeps the first "
         "that really works (default: auto)",
     )
@@ -200,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             events=args.events,
             display=args.display,
             realtime=args.realtime,
-            smoothing=args.smoothing,
+            smoothing=SmoothingPolicy(args.smoothing),
             alpha=args.alpha,
             window=args.window,
             min_score=args.min_score,
             every=args.every,
             top_k=args.top_k,
-            device=args.device,
+            device=Device(args.device),
             threads=args.threads,
             reconnect=args.reconnect,
             fps=args.fps,

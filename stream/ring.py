@@ -58,6 +58,7 @@ class ClipInfo:
 
     seqs: tuple[int, ...]
     newest: FrameInfo
+    available: int  # the newest frame published when the clip was gathered
 
     @property
     def first_seq(self) -> int:
@@ -83,14 +84,15 @@ class FrameRing:
         *,
         display_capacity: int,
         lossless: bool,
-        cond: threading.Condition | None = None,
+        cond: threading.Condition | None = None,  # must wrap an RLock
     ) -> None:
         if capacity < 2 or display_capacity < 2:
             raise ValueError("a FrameRing needs at least 2 slots in each ring")
         self.capacity = capacity
         self.display_capacity = display_capacity
         self.lossless = lossless
-        self.cond = cond or threading.Condition()
+        # Reentrant: gather_newest waits and gathers under one hold of the lock.
+        self.cond = cond or threading.Condition(threading.RLock())
         self._model = np.zeros((capacity, image_size, image_size, 3), np.uint8)
         self._model_seq = np.full(capacity, -1, np.int64)
         self._index = np.zeros(capacity, np.int64)
@@ -226,6 +228,20 @@ class FrameRing:
             ok = self._wait(lambda: self._head - 1 > than or self._closed, stop)
             return self._head - 1 if ok and self._head - 1 > than else None
 
+    def gather_newest(
+        self,
+        than: int,
+        num_frames: int,
+        clip_seconds: float | None,
+        out: np.ndarray,
+        stop: threading.Event | None = None,
+    ) -> ClipInfo | None:
+        """Live: wait for a frame newer than ``than``, then gather the clip ending at the newest
+        frame at that moment (one lock hold, so no newer frame can slip in between)."""
+        with self.cond:
+            seq = self.wait_newer(than, stop)
+            return None if seq is None else self.gather(seq, num_frames, clip_seconds, out)
+
     def gather(
         self, end_seq: int, num_frames: int, clip_seconds: float | None, out: np.ndarray
     ) -> ClipInfo:
@@ -272,7 +288,7 @@ class FrameRing:
             if self.lossless:
                 self._hold = chosen_seqs[0]
                 self.cond.notify_all()
-            return ClipInfo(chosen_seqs, newest)
+            return ClipInfo(chosen_seqs, newest, self._head - 1)
 
     def release_hold(self) -> None:
         """The worker needs no more frames (it finished or failed)."""

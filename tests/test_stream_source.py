@@ -172,7 +172,7 @@ def test_a_frame_folder_with_a_corrupt_image(make_frame_folder):
     (folder / "frame_0000000002.png").write_bytes(b"not a png")
     source = open_source(str(folder))
     source.read()
-    with pytest.raises(SourceError, match="frame_0000000002.png"):
+    with pytest.raises(SourceError, match=r"frame_0000000002\.png"):
         source.read()
 
 
