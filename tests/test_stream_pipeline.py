@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import count_frames, grey_frames, read_frames
+from conftest import count_frames, grey_frames, read_frames, write_video
 from onnx_models import classifier_model, decode_probe, probe_model
 
 import stream.pipeline
@@ -307,3 +307,14 @@ def test_without_a_display_the_run_is_headless_and_says_so_once(tmp_path, probe,
     monkeypatch.setattr(stream.pipeline.sys, "platform", "linux")
     assert main(["--source", str(make_video(frames=10)), "--model", str(probe)]) == 0
     assert capsys.readouterr().out.count("no display found") == 1
+
+
+def test_a_truncated_file_ends_cleanly_with_a_note(tmp_path, probe, make_video, capsys):
+    full = write_video(tmp_path / "full.avi", grey_frames(range(0, 240, 4)))
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    events_path = tmp_path / "e.jsonl"
+    assert main(["--source", str(cut), "--model", str(probe), "--events", str(events_path), "--no-display"]) == 0
+    assert "ended early" in capsys.readouterr().err
+    summary = read_events(events_path)[-1]
+    assert 0 < summary["frames"] < 60

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 
 import cv2
 import numpy as np
 import pytest
-from conftest import grey_frames
+from conftest import grey_frames, write_video
 
 from stream.capture import to_bgr
 from stream.errors import SourceError
@@ -182,3 +184,44 @@ def test_grayscale_frame_images_are_read_as_bgr(tmp_path):
     cv2.imwrite(str(folder / "frame_0000000001.png"), np.full((8, 8), 99, np.uint8))
     image, _ = open_source(str(folder)).read()
     assert image.shape == (8, 8, 3) and (image == 99).all()
+
+
+def test_a_url_that_stalls_times_out_instead_of_hanging():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []  # accepted and never answered
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        with pytest.raises(SourceError, match="no answer within 1 s"):
+            open_source(f"http://127.0.0.1:{server.getsockname()[1]}/x.mjpg", timeout_s=1)
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_truncated_video_streams_what_decodes_and_says_it_ended_early(tmp_path):
+    full = write_video(tmp_path / "full.avi", grey_frames(range(0, 240, 4)))  # 60 frames
+    data = full.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    source = open_source(str(cut))
+    frames = read_all(source)
+    assert 0 < len(frames) < 60
+    assert source.end_note.startswith(f"{cut} ended early: decoded {len(frames)} of 60 frames")
+
+
+def test_a_video_without_frames(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"mp4v"), 30, (160, 120)).release()
+    with pytest.raises(SourceError, match=r"empty\.mp4"):
+        open_source(str(empty))
