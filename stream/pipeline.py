@@ -200,6 +200,7 @@ class StreamPipeline:
         self.source: VideoSource | None = None
         self.provider: str | None = None
         self.ended_by: str = "end of stream"
+        self._runner: Runner | None = None
         self._finalizing = False
         self._signalled: int | None = None
 
@@ -316,33 +317,36 @@ class StreamPipeline:
             failure = exc
             raise
         finally:
+            # From here on a signal is noted but does not interrupt: the outputs must be whole.
             self._finalizing = True
-            self._shutdown()
             wall_s = time.monotonic() - started
+            self._shutdown()
+            extra = {
+                "fps": presenter.frames / wall_s if wall_s > 0 else None,
+                "model_fps": board.count / wall_s if wall_s > 0 else None,
+                "wall_s": wall_s,
+                "provider": runner.provider,
+                "model": str(opts.model),
+                "source": source.name,
+                "mode": mode.value,
+                "every": every,
+                "ended_by": self._ending(failure),
+            }
+            dropped = presenter.skipped + self.capture.dropped
             try:
-                if recorder is not None:
-                    recorder.close()
+                try:
+                    if recorder is not None:
+                        recorder.close()
+                finally:
+                    self.summary = events.close(
+                        frames=presenter.frames, dropped_frames=dropped, extra=extra
+                    )
             finally:
-                dropped = presenter.skipped + (self.capture.dropped if self.capture else 0)
-                extra = {
-                    "fps": presenter.frames / wall_s if wall_s > 0 else None,
-                    "model_fps": board.count / wall_s if wall_s > 0 else None,
-                    "wall_s": wall_s,
-                    "provider": runner.provider,
-                    "model": str(opts.model),
-                    "source": source.name,
-                    "mode": mode.value,
-                    "every": every,
-                    "ended_by": self._ending(failure),
-                }
-                self.summary = events.close(
-                    frames=presenter.frames, dropped_frames=dropped, extra=extra
-                )
                 live_view.stop()
                 window.close()
-                if source.end_note:
-                    log.warning("%s", source.end_note)
-                print_summary(self.summary, self.console)
+            if source.end_note:
+                log.warning("%s", source.end_note)
+            print_summary(self.summary, self.console)
         return self.summary
 
     def _ending(self, failure: BaseException | None) -> str:
@@ -365,9 +369,8 @@ class StreamPipeline:
 
     def _shutdown(self) -> None:
         self.stop()
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.cancel()  # a slow model's run in progress need not finish
+        if self._runner is not None:
+            self._runner.cancel()  # a slow model's run in progress need not finish
         if self.source is not None:
             self.source.close()  # unblocks a capture waiting on a stalled stream
         deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -425,6 +428,7 @@ class _Presenter:
         self.window: PreviewWindow = window
         self.live_view: LiveConsole = live_view
         self.every = every
+        self.source_name = pipeline.source.name
         self.frames = 0
         self.skipped = 0
         self.latest: Prediction | None = None
@@ -493,7 +497,7 @@ class _Presenter:
                 model_fps=model_fps,
                 latency_ms=latest.latency_ms if latest is not None else None,
                 stale=stale,
-                source_name=self.pipeline.source.name if self.pipeline.source else "",
+                source_name=self.source_name,
             ),
         )
         if self.recorder is not None:
