@@ -25,6 +25,7 @@ from stream.smoothing import (
     DEFAULT_ALPHA,
     DEFAULT_HYSTERESIS_WINDOW,
     DEFAULT_WINDOW,
+    MIN_SCORE_MARGIN,
     SmoothingPolicy,
 )
 from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-score",
         type=float,
         help="below this score the label shows 'no action' (default: just above chance, 1/C plus "
-        "5%% of the way to 1, so a confident prediction is never hidden)",
+        f"{MIN_SCORE_MARGIN * 100:g}%% of the way to 1, so a confident prediction is never hidden)",
     )
     parser.add_argument(
         "--every",
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_RECONNECTS,
         metavar="N",
-        help="live sources: reopen a stream that drops up to N times, with backoff "
+        help="live sources: when the stream drops, try to reopen it up to N times, with backoff "
         f"(default {DEFAULT_RECONNECTS})",
     )
     parser.add_argument(

@@ -51,6 +51,7 @@ JOIN_TIMEOUT_S = 2.0
 WINDOW_TITLE = "epic-stream"
 MAX_RING_SLOTS = 4096  # model-size frames: 600 MB at 224 px; only an absurd clip_seconds gets here
 LIVE_DISPLAY_SLOTS = 8  # how far the presenter may lag a live source before frames drop
+DISPLAY_BUDGET_BYTES = 512 * 1024 * 1024  # full-size frames held for a file's presenter
 LIVE_FPS_ASSUMED = 60.0  # cameras misstate their rate; size the live ring for the fast case
 DEFAULT_TOP_K = 5
 
@@ -261,10 +262,15 @@ class StreamPipeline:
         if contract.clip_seconds is not None:
             # 25% slack for variable frame rates; the ring also survives being too small.
             span = max(span, math.ceil(contract.clip_seconds * fps * 1.25) + 1)
+        # Files: room for the clip span plus the next prediction interval, so that capture
+        # decodes the next clip's frames while the model runs on this one.
         capacity = min(MAX_RING_SLOTS, span + (every or 0) + contract.num_frames + 8)
-        # Files: the presenter may trail capture by up to two prediction intervals (it waits for
-        # the prediction at frame k while capture decodes the frames of the next one).
-        display = LIVE_DISPLAY_SLOTS if every is None else max(4, 2 * every + 4)
+        # Files: the presenter trails capture by up to two prediction intervals (it waits for
+        # the prediction at frame k while capture decodes the frames of the next one), within a
+        # memory budget: a smaller display ring only costs overlap, never correctness.
+        width, height = source.frame_size
+        affordable = max(4, DISPLAY_BUDGET_BYTES // (width * height * 3))
+        display = LIVE_DISPLAY_SLOTS if every is None else min(max(4, 2 * every + 4), affordable)
         return mode, every, max(capacity, display + 1), display
 
     def _stream(self, source: VideoSource, runner: Runner, contract, smoother) -> dict[str, Any]:

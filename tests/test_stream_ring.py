@@ -141,6 +141,36 @@ def test_a_ring_too_small_for_the_clip_does_not_deadlock():
     assert clip_values(ring, 5, 2, None)[0] == [4, 5]
 
 
+def test_a_long_prediction_interval_evicts_only_frames_no_clip_needs(caplog):
+    """Lossless, --every 10 with a 2-frame clip and an 8-slot ring: the writer must pass the hold
+    to reach frame 10, and the clip ending there must still be exact."""
+    ring = make_ring(capacity=8, display=64, lossless=True)
+    push(ring, 0, 0.0)
+    assert clip_values(ring, 0, 2, None)[0] == [0, 0]  # hold: frame 0
+    seen = []
+
+    def worker():
+        if ring.wait_published(10):
+            seen.append(clip_values(ring, 10, 3, 2 / 30)[0])
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    for i in range(1, 11):
+        assert push(ring, i, i / 30) == i
+    thread.join(10)
+    assert seen == [[8, 9, 10]]
+    assert "too small" not in caplog.text
+
+
+def test_a_clip_longer_than_the_ring_is_shortened_with_a_warning(caplog):
+    ring = make_ring(capacity=8, display=4, lossless=False)
+    for i in range(20):
+        push(ring, i, i / 30)
+    values, _ = clip_values(ring, 19, 4, 1.0)  # 1 s is 30 frames; the ring holds 8
+    assert values[-1] == 19 and min(values) >= 12
+    assert "too small for the model's clip" in caplog.text
+
+
 def test_live_writer_overwrites_and_the_presenter_skips_what_it_missed():
     ring = make_ring(capacity=16, display=4, lossless=False)
     for i in range(10):
