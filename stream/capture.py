@@ -78,9 +78,10 @@ class CaptureThread(threading.Thread):
     def run(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # handed to the main thread, which re-raises it
+        except BaseException as exc:
+            # Handed to the main thread, which re-raises it once the frames read before the
+            # failure are presented and recorded: the ring is closed, not abandoned.
             self.error = exc
-            self.stop_event.set()
         finally:
             self.ring.close()
             self.source.close()

@@ -318,7 +318,7 @@ class StreamPipeline:
             self.capture.start()
             self.worker.start()
             presenter.loop()
-            self._raise_thread_error()
+            self._raise_thread_error(drained=True)
         except BaseException as exc:
             failure = exc
             raise
@@ -386,8 +386,11 @@ class StreamPipeline:
                 if thread.is_alive():
                     log.warning("%s did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
 
-    def _raise_thread_error(self) -> None:
-        for thread in (self.capture, self.worker):
+    def _raise_thread_error(self, *, drained: bool) -> None:
+        """Re-raise a thread's exception here. A worker's at once; a capture failure once the
+        frames read before it have been presented (``drained``)."""
+        threads = (self.worker, self.capture) if drained else (self.worker,)
+        for thread in threads:
             if thread is not None and thread.error is not None:
                 error, thread.error = thread.error, None
                 raise error
@@ -462,7 +465,7 @@ class _Presenter:
                 keep_going = self._present(frame.image, info)
             finally:
                 ring.release(info.seq)
-            self.pipeline._raise_thread_error()
+            self.pipeline._raise_thread_error(drained=False)
             if not keep_going:
                 self.pipeline.ended_by = "quit by the user"
                 return

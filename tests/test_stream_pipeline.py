@@ -247,7 +247,7 @@ def test_an_error_in_the_capture_thread_ends_the_run_with_outputs_finalized(tmp_
     assert rc == SourceError.exit_code != 0
     err = capsys.readouterr().err
     assert "epic-stream: error: cannot read frame image" in err and "Traceback" not in err
-    assert 0 < count_frames(record) <= 11
+    assert count_frames(record) == 11  # every frame before the corrupt one
     assert read_events(events_path)[-1]["type"] == "summary"
     assert not stream_threads()
 
@@ -318,3 +318,29 @@ def test_a_truncated_file_ends_cleanly_with_a_note(tmp_path, probe, make_video, 
     assert "ended early" in capsys.readouterr().err
     summary = read_events(events_path)[-1]
     assert 0 < summary["frames"] < 60
+
+
+def test_a_stale_result_is_never_shown_as_fresh(tmp_path, probe, make_video, monkeypatch):
+    slow_runner(monkeypatch, 0.7)  # a result is 0.7-1.4 s old until the next one comes
+    shown: list[tuple[float, float | None, bool]] = []
+    states = []
+    original_draw = stream.pipeline.draw_overlay
+    original_present = stream.pipeline._Presenter._present
+
+    def draw(frame, state):
+        states.append(state)
+        original_draw(frame, state)
+
+    def present(self, image, info):
+        result = original_present(self, image, info)
+        shown.append((info.time_s, None if self.latest is None else self.latest.time_s, states[-1].stale))
+        return result
+
+    monkeypatch.setattr(stream.pipeline, "draw_overlay", draw)
+    monkeypatch.setattr(stream.pipeline._Presenter, "_present", present)
+    video = make_video("v.mp4", frames=75)
+    StreamPipeline(StreamOptions(source=str(video), model=probe, display=False, realtime=True)).run()
+    for frame_time, result_time, stale in shown:
+        fresh = result_time is not None and frame_time - result_time <= stream.pipeline.STALE_AFTER_S
+        assert stale is not fresh
+    assert any(stale for *_, stale in shown) and any(not stale for *_, stale in shown)
