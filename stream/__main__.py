@@ -153,14 +153,27 @@ class _CliFormatter(logging.Formatter):
         return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (it may be replaced later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_CliFormatter())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(debug: bool) -> None:
     logger = logging.getLogger("stream")
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
-    if not any(getattr(h, "_epic_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_CliFormatter())
-        handler._epic_cli = True
-        logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
     if not debug:
         # OpenCV and FFmpeg report a failed open on stderr in many lines; our one line says it.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
