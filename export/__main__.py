@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Triton max_batch_size (default 8)")
     parser.add_argument("--check-clips", type=int, default=3, metavar="N",
                         help="random clips to compare ONNX Runtime with torch on, at least 3 (default 3)")
+    parser.add_argument("--timing-runs", type=int, default=5, metavar="N",
+                        help="ONNX Runtime runs to time, median reported (default 5)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.set_defaults(precision=Precision.FP32)
     return parser
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             num_frames=args.num_frames, image_size=args.image_size, clip_seconds=args.clip_seconds,
             mean=args.mean, std=args.std, opset=args.opset, precision=args.precision,
             triton_repo=args.triton_repo, name=args.name, triton_max_batch_size=args.triton_max_batch,
-            check_clips=args.check_clips, step=lambda message: err.status(message),
+            check_clips=args.check_clips, timing_runs=args.timing_runs, step=lambda message: err.status(message),
         )
     except EpicError as exc:
         if args.debug:

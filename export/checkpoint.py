@@ -139,6 +139,8 @@ def export_checkpoint(
     flag_std = _triple(std, "--std") if std is not None else None
     if check_clips < 3:
         raise OptionError(f"--check-clips must be at least 3 (batch 1, then batch 2), got {check_clips}")
+    if timing_runs < 1:
+        raise OptionError(f"--timing-runs must be at least 1, got {timing_runs}")
     if triton_max_batch_size < 1:
         raise OptionError(f"--triton-max-batch must be at least 1, got {triton_max_batch_size}")
     if name is not None and triton_repo is None:
@@ -186,8 +188,9 @@ def export_checkpoint(
         sources["clip_seconds"] = "reference guess"
         warn(
             f"{checkpoint.name} does not say how much time a clip spans: assuming the reference's "
-            f"sampling ({frames} frames over {REFERENCE_WINDOW_FRAMES} frames at "
-            f"{REFERENCE_FPS:g} fps = {span:.3g} s); give --clip-seconds to set it"
+            f"sampling, {frames} frames spread over {REFERENCE_WINDOW_FRAMES} frames of "
+            f"{REFERENCE_FPS:g} fps video, {span:.3g} s from first to last; give --clip-seconds "
+            "to set it"
         )
 
     if flag_mean is not None or flag_std is not None:
@@ -222,17 +225,17 @@ def export_checkpoint(
         contract = verified.contract
         with step("Timing ONNX Runtime (CPU)"):
             timings["fp32"] = onnx_export.time_session(
-                onnx_export.open_session(target), verified.clips[0], runs=timing_runs
+                verified.session, verified.clips[0], runs=timing_runs, warm_up=False
             )
         if precision is not Precision.FP32:
             with step(f"Converting to {precision.value} and comparing with torch"):
-                variant_parity, contract = onnx_export.write_variant(
+                variant_parity, contract, session = onnx_export.write_variant(
                     precision, verified, final, metadata=metadata
                 )
             parity.append(variant_parity)
             with step(f"Timing ONNX Runtime (CPU, {precision.value})"):
                 timings[precision.value] = onnx_export.time_session(
-                    onnx_export.open_session(final), verified.clips[0], runs=timing_runs
+                    session, verified.clips[0], runs=timing_runs, warm_up=False
                 )
 
     triton_dir = None

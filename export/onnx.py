@@ -23,6 +23,7 @@ import os
 import statistics
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -268,10 +269,17 @@ def compare(
     )
 
 
-def time_session(session: ort.InferenceSession, clip: np.ndarray, *, runs: int = 5, budget_s: float = 10.0) -> float:
-    """Median ms per batch-1 clip after one warm-up run; stops early once ``budget_s`` is spent."""
+def time_session(
+    session: ort.InferenceSession, clip: np.ndarray, *, runs: int = 5, budget_s: float = 10.0,
+    warm_up: bool = True,
+) -> float:
+    """Median ms per batch-1 clip; stops early once ``budget_s`` is spent.
+
+    ``warm_up=False`` for a session that has already run (the parity check warms it).
+    """
     feed = {INPUT_NAME: clip[None] if clip.ndim == 4 else clip[:1]}
-    session.run([OUTPUT_NAME], feed)
+    if warm_up:
+        session.run([OUTPUT_NAME], feed)
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < runs and (not times or time.perf_counter() - started < budget_s):
@@ -313,6 +321,7 @@ class VerifiedExport:
     parity: Parity
     clips: np.ndarray
     reference: np.ndarray  # torch's probabilities on ``clips``
+    session: ort.InferenceSession | None = None  # ONNX Runtime on ``path``, already warm
 
 
 def write_verified(
@@ -350,7 +359,7 @@ def write_verified(
         session, path, class_names=class_names, num_frames=num_frames, image_size=image_size,
         clip_seconds=clip_seconds,
     )
-    return VerifiedExport(path, contract, parity, clips, reference)
+    return VerifiedExport(path, contract, parity, clips, reference, session)
 
 
 def prepare_model(
@@ -367,10 +376,11 @@ def prepare_model(
 
 @contextlib.contextmanager
 def scratch(beside: Path, tag: str = ""):
-    """A temporary .onnx path in ``beside``'s folder (same disk, so a rename is atomic); always removed."""
-    fd, name = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.stem}{tag}-", suffix=".onnx")
-    os.close(fd)
-    tmp = Path(name)
+    """A fresh .onnx path in ``beside``'s folder (same disk, so a rename is atomic); always removed.
+
+    The path is only named, not created, so the file gets the usual permissions when written.
+    """
+    tmp = beside.parent / f".{beside.stem}{tag}-{uuid.uuid4().hex[:12]}.onnx"
     try:
         yield tmp
     finally:
@@ -473,7 +483,7 @@ def write_variant(
     target: Path,
     *,
     metadata: dict[str, str],
-) -> tuple[Parity, ModelContract]:
+) -> tuple[Parity, ModelContract, ort.InferenceSession]:
     """Convert a verified fp32 export to ``precision`` at ``target`` and measure it against torch.
 
     Reduced precision cannot meet the fp32 tolerance, so the difference and the top-1 agreement
@@ -498,4 +508,4 @@ def write_variant(
         num_frames=verified.contract.num_frames, image_size=verified.contract.image_size,
         clip_seconds=verified.contract.clip_seconds,
     )
-    return parity, contract
+    return parity, contract, session
