@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from export.onnx import DEFAULT_OPSET, MIN_OPSET, Precision
+from export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Precision
 from stream.errors import EpicError
 
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else the reference's 8x32 sampling at 30 fps)",
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_const", dest="precision", const=Precision.FP16,
                            help="write a float16 model (for GPUs)")

@@ -22,7 +22,12 @@ import torch
 
 from export import onnx as onnx_export
 from export.errors import ExportError
-from export.names import check_class_names, generic_class_names, read_class_names
+from export.names import (
+    check_class_names,
+    generic_class_names,
+    names_from_value,
+    read_class_names,
+)
 from export.onnx import DEFAULT_OPSET, GraphInfo, Parity, Precision
 from export.triton import check_model_name, write_triton_repo
 from stream.contract import ModelContract
@@ -163,8 +168,9 @@ def export_checkpoint(
         check_class_names(names, num_classes, str(class_names_file))
         sources["class_names"] = str(class_names_file)
     elif hparams.get("class_names"):
-        names = [str(n) for n in hparams["class_names"]]
-        check_class_names(names, num_classes, f"{checkpoint} (stored class_names)")
+        where = f"{checkpoint} (stored class_names)"
+        names = names_from_value(hparams["class_names"], where)
+        check_class_names(names, num_classes, where)
         sources["class_names"] = "checkpoint"
     else:
         names = generic_class_names(num_classes)

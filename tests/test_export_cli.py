@@ -207,6 +207,7 @@ def test_unwritable_output_fails_before_the_checkpoint_is_read(pyth, tmp_path, m
     ("extra", "message"),
     [
         (["--opset", "16"], "17 or newer"),
+        (["--opset", "21"], "up to 20"),
         (["--name", "epic"], "give --triton-repo too"),
         (["--check-clips", "2"], "at least 3"),
         (["--std", "0.2", "0"], "one number or three"),

@@ -7,7 +7,12 @@ import json
 import pytest
 
 from export.errors import ClassNamesError
-from export.names import check_class_names, generic_class_names, read_class_names
+from export.names import (
+    check_class_names,
+    generic_class_names,
+    names_from_value,
+    read_class_names,
+)
 from stream.errors import EpicError
 
 
@@ -76,3 +81,10 @@ def test_count_must_match_the_head():
 
 def test_generic_names():
     assert generic_class_names(3) == ["class_0", "class_1", "class_2"]
+
+
+def test_names_stored_in_a_checkpoint_as_list_or_dict():
+    assert names_from_value(["a", "b"], "ckpt") == ["a", "b"]
+    assert names_from_value({"b": 1, "a": 0}, "ckpt") == ["a", "b"]
+    with pytest.raises(ClassNamesError, match="list of strings"):
+        names_from_value("a,b", "ckpt")
