@@ -162,6 +162,13 @@ def export_checkpoint(
     num_classes, frames, size = int(arch["num_classes"]), int(arch["num_frames"]), int(arch["img_size"])
     if num_classes < 1:
         raise ExportError(f"{checkpoint}: the model has no classification head, so no scores to export")
+    if loaded.missing_keys:
+        # Weights the checkpoint lacks would be served at their random init.
+        shown = ", ".join(loaded.missing_keys[:4]) + (" ..." if len(loaded.missing_keys) > 4 else "")
+        raise ExportError(
+            f"{checkpoint} ({loaded.kind}) lacks {len(loaded.missing_keys)} of the model's weights "
+            f"({shown}); export a fine-tuned TimeSformer checkpoint, e.g. epic-train's best .ckpt"
+        )
 
     sources: dict[str, str] = {}
     if names is not None:

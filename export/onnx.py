@@ -89,7 +89,6 @@ class Parity:
     batches: tuple[int, ...]
     max_abs_diff: float
     top1_agreement: float
-    provider: str
 
     @property
     def clips(self) -> int:
@@ -262,15 +261,12 @@ def session_scores(session: ort.InferenceSession, clips: np.ndarray, batches: Se
     return np.concatenate(out).astype(np.float32)
 
 
-def compare(
-    precision: str, reference: np.ndarray, scores: np.ndarray, batches: Sequence[int], provider: str
-) -> Parity:
+def compare(precision: str, reference: np.ndarray, scores: np.ndarray, batches: Sequence[int]) -> Parity:
     return Parity(
         precision=precision,
         batches=tuple(batches),
         max_abs_diff=float(np.abs(reference - scores).max()),
         top1_agreement=float((reference.argmax(-1) == scores.argmax(-1)).mean()),
-        provider=provider,
     )
 
 
@@ -354,7 +350,7 @@ def write_verified(
     batches = split_batches(len(clips))
     reference = torch_scores(contract_model, clips, batches)
     session = open_session(path)
-    parity = compare("fp32", reference, session_scores(session, clips, batches), batches, "CPU")
+    parity = compare("fp32", reference, session_scores(session, clips, batches), batches)
     if not parity.max_abs_diff <= PARITY_TOLERANCE:
         raise ParityError(
             f"ONNX Runtime and torch disagree on the exported model: max |Δp| = {parity.max_abs_diff:.2e} "
@@ -405,7 +401,7 @@ def staged(output: Path):
 
 def export_onnx(
     model: nn.Module,
-    output: Path,
+    output: str | Path,
     *,
     class_names: Sequence[str],
     num_frames: int,
@@ -443,8 +439,8 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     proto = onnx.load(str(source))
-    # The quantizer re-runs shape inference, which trips over some of the exporter's stored
-    # intermediate shapes; they are only hints, so it gets the graph without them.
+    # The quantizer runs its own shape inference, which can disagree with intermediate shapes an
+    # exporter stored (torch's dynamo exporter does); they are only hints, so they go.
     del proto.graph.value_info[:]
     root = logging.getLogger()
     advice = _DropQuantizerAdvice()
@@ -507,7 +503,7 @@ def write_variant(
     session = open_session(target)
     batches = split_batches(len(verified.clips))
     scores = session_scores(session, verified.clips, batches)
-    parity = compare(precision.value, verified.reference, scores, batches, "CPU")
+    parity = compare(precision.value, verified.reference, scores, batches)
     contract = validate_contract(
         session, target, class_names=verified.contract.class_names,
         num_frames=verified.contract.num_frames, image_size=verified.contract.image_size,

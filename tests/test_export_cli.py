@@ -141,6 +141,20 @@ def test_pyth_without_names_gets_generic_names_reference_span_and_a_warning(pyth
     assert "does not say how much time a clip spans" in logged
 
 
+def test_flags_win_over_what_the_checkpoint_stored(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    ckpt = save_lightning_ckpt(small_timesformer(), tmp_path / "best.ckpt", class_names=NAMES,
+                               clip_seconds=2.25, mean=[0.5] * 3, std=[0.25] * 3)
+    names = tmp_path / "class_names.json"
+    names.write_text(json.dumps({f"verb {i}": i for i in range(5)}))
+    report = export_checkpoint(ckpt, tmp_path / "m.onnx", class_names_file=names, clip_seconds=3.0,
+                               std=0.3, timing_runs=1)
+    assert report.contract.class_names == tuple(f"verb {i}" for i in range(5))
+    assert report.contract.clip_seconds == 3.0
+    assert report.mean == (0.5,) * 3 and report.std == (0.3,) * 3
+    assert "--clip-seconds 3 overrides the 2.25 s the model was trained with" in caplog.text
+
+
 # Errors: one line on stderr, a non-zero exit, and nothing written.
 
 
@@ -178,6 +192,15 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, content):
     line = one_line_error(*run(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])[::2])
     assert "weights.pyth" in line
     assert "cannot be read as a PyTorch checkpoint" in line or "no model weights found" in line
+
+
+def test_a_checkpoint_missing_weights_is_refused(tmp_path):
+    state = {f"model.{k}": v for k, v in small_timesformer().state_dict().items()
+             if not k.startswith("norm.")}
+    path = tmp_path / "partial.pth"
+    torch.save(state, path)
+    line = one_line_error(*run(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])[::2])
+    assert "lacks 2 of the model's weights (norm.weight, norm.bias)" in line
 
 
 def test_debug_shows_the_traceback(tmp_path):
