@@ -19,21 +19,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a TimeSformer checkpoint (epic-train .ckpt, official .pyth, or a state "
         "dict) to one ONNX file that epic-stream runs: uint8 BGR frames in, softmax scores out.",
     )
-    parser.add_argument("--checkpoint", required=True, help="the .ckpt, .pyth or state-dict file")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="the .ckpt, .pyth or state-dict file")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument(
         "--class-names", metavar="FILE",
         help="JSON dict name->id, JSON list, or text with one name a line "
         "(default: the names epic-train stored; else class_0 ...)",
     )
-    parser.add_argument("--num-frames", type=int, help="frames per clip (default: the checkpoint's)")
-    parser.add_argument("--image-size", type=int, help="frame size S (default: the checkpoint's)")
+    parser.add_argument("--num-frames", type=int, metavar="T", help="frames per clip (default: the checkpoint's)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="frame size S (default: the checkpoint's)")
     parser.add_argument(
-        "--clip-seconds", type=float,
+        "--clip-seconds", type=float, metavar="X",
         help="source time from a clip's first frame to its last (default: as stored by epic-train; "
         "else the reference's 8x32 sampling at 30 fps)",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_const", dest="precision", const=Precision.FP16,
