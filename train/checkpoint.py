@@ -242,8 +242,14 @@ def infer_architecture(state_dict: dict[str, torch.Tensor], hparams: dict | None
 
     if hparams.get("num_heads"):
         num_heads = int(hparams["num_heads"])
+    elif embed_dim % 64 == 0:
+        num_heads = embed_dim // 64
     else:
-        num_heads = embed_dim // 64 if embed_dim % 64 == 0 and embed_dim >= 64 else 1
+        num_heads = 1
+        _logger.warning(
+            "embed dim %d is not a multiple of 64 and the checkpoint does not say how many "
+            "attention heads it has; assuming 1 (pass num_heads to override)", embed_dim
+        )
     fc1 = state_dict.get("blocks.0.mlp.fc1.weight")
     head = state_dict.get("head.weight")
     return {
