@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-frames", type=int, metavar="T", help="frames per clip (default: the checkpoint's)")
     parser.add_argument("--image-size", type=int, metavar="S", help="frame size S (default: the checkpoint's)")
     parser.add_argument(
+        "--num-heads", type=int, metavar="H",
+        help="attention heads, which the weights cannot show (default: as stored by epic-train; "
+        "else embed dim / 64, as every TimeSformer and ViT preset)",
+    )
+    parser.add_argument(
         "--clip-seconds", type=float, metavar="X",
         help="source time from a clip's first frame to its last (default: as stored by epic-train; "
         "else the reference's 8x32 sampling at 30 fps)",
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report = export_checkpoint(
             args.checkpoint, args.output, class_names_file=args.class_names,
-            num_frames=args.num_frames, image_size=args.image_size, clip_seconds=args.clip_seconds,
+            num_frames=args.num_frames, image_size=args.image_size, num_heads=args.num_heads, clip_seconds=args.clip_seconds,
             mean=args.mean, std=args.std, opset=args.opset, precision=args.precision,
             triton_repo=args.triton_repo, name=args.name, triton_max_batch_size=args.triton_max_batch,
             check_clips=args.check_clips, timing_runs=args.timing_runs, step=lambda message: err.status(message),

@@ -103,6 +103,7 @@ def export_checkpoint(
     class_names_file: str | Path | None = None,
     num_frames: int | None = None,
     image_size: int | None = None,
+    num_heads: int | None = None,
     clip_seconds: float | None = None,
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
@@ -135,7 +136,8 @@ def export_checkpoint(
     checkpoint, output = Path(checkpoint), Path(output)
     precision = Precision(precision)
     onnx_export.check_opset(opset)
-    for flag, value in (("--num-frames", num_frames), ("--image-size", image_size)):
+    for flag, value in (("--num-frames", num_frames), ("--image-size", image_size),
+                        ("--num-heads", num_heads)):
         if value is not None and value < 1:
             raise OptionError(f"{flag} must be a positive integer, got {value}")
     if clip_seconds is not None and clip_seconds < 0:
@@ -157,7 +159,9 @@ def export_checkpoint(
     names = read_class_names(class_names_file) if class_names_file is not None else None
 
     with step(f"Loading {checkpoint.name}"):
-        loaded = load_timesformer(checkpoint, num_frames=num_frames, image_size=image_size)
+        loaded = load_timesformer(
+            checkpoint, num_frames=num_frames, image_size=image_size, num_heads=num_heads
+        )
     arch, hparams = loaded.arch, loaded.hparams
     num_classes, frames, size = int(arch["num_classes"]), int(arch["num_frames"]), int(arch["img_size"])
     if num_classes < 1:

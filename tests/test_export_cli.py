@@ -148,7 +148,8 @@ def test_flags_win_over_what_the_checkpoint_stored(tmp_path, caplog):
     names = tmp_path / "class_names.json"
     names.write_text(json.dumps({f"verb {i}": i for i in range(5)}))
     report = export_checkpoint(ckpt, tmp_path / "m.onnx", class_names_file=names, clip_seconds=3.0,
-                               std=0.3, timing_runs=1)
+                               std=0.3, num_heads=4, timing_runs=1)
+    assert report.arch["num_heads"] == 4
     assert report.contract.class_names == tuple(f"verb {i}" for i in range(5))
     assert report.contract.clip_seconds == 3.0
     assert report.mean == (0.5,) * 3 and report.std == (0.3,) * 3
@@ -236,6 +237,7 @@ def test_unwritable_output_fails_before_the_checkpoint_is_read(pyth, tmp_path, m
         (["--std", "0.2", "0"], "one number or three"),
         (["--std", "0"], "must be positive"),
         (["--clip-seconds", "-1"], "must not be negative"),
+        (["--num-heads", "3"], "does not divide"),
         (["--triton-repo", "r", "--name", "a/b"], "Triton model name"),
     ],
 )
