@@ -23,8 +23,24 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# About a minute after install: render an unseen test video, stream it through the committed
+# demo model, score the smoothed label against the ground truth, write the pictures.
 demo: install
-	$(PY) -m stream.demo
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+# Rebuilds models/demo.onnx from nothing: seeded synthetic data -> configs/demo.yaml -> export of
+# the best checkpoint (the fit's own model.onnx). About ten minutes on 2 CPU cores.
+demo-model: install
+	rm -rf data/synth runs/demo
+	$(PY) -m train synth --out data/synth --seed 0
+	$(PY) -m train fit --config configs/demo.yaml --data.data_path data/synth --trainer.default_root_dir runs/demo
+	mkdir -p models
+	cp runs/demo/model.onnx models/demo.onnx
+	$(PY) -c "from stream.contract import load_contract; print(load_contract('models/demo.onnx'))"
+
+# Not part of `make test`. Quick by default (at most 20 minutes on 2 cores); FULL=1 runs everything.
+bench: install
+	$(PY) -m benchmarks.run $(if $(FULL),--full,)
 
 clean:
 	rm -rf runs demo_out* demo_events.jsonl .pytest_cache
