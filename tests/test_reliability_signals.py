@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import count_frames, grey_frames
 from onnx_models import matmul_model, probe_model
-from reliability_util import ROOT, epic_threads
+from reliability_util import ROOT, StallingServer, epic_threads
 
 from stream.pipeline import Interrupted, StreamOptions, StreamPipeline
 from stream.runtime import Runner
@@ -188,3 +188,36 @@ def test_in_process_a_signal_leaves_no_thread_for_a_live_camera(tmp_path, camera
     summary = run_in_process(options, sig, frames=20)
     assert summary_of(events) == summary and summary["ended_by"] == sig.name
     assert count_frames(record) == summary["frames"] > 0
+
+
+def test_a_signal_while_a_live_camera_stalls_still_exits_in_time(tmp_path):
+    """The capture thread is stuck in a read that only the 10 s source timeout ends: the signal
+    must not wait for it. Finalization gives it 2 s, says so, and the process exits."""
+    server = StallingServer(grey_frames(range(40, 240, 20)))  # 10 frames, then silence
+    model = probe_model(tmp_path / "probe.onnx")
+    record, events = tmp_path / "cam.avi", tmp_path / "cam.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "--source", server.url, "--model",
+                             str(model), "--record", str(record), "--events", str(events),
+                             "--no-display"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while predictions_in(events) < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the 10 frames are long read: capture now waits on a silent socket
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=EXIT_WITHIN_S)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+    assert proc.returncode == 130, err
+    assert took < EXIT_WITHIN_S
+    assert "Traceback" not in err
+    summary = summary_of(events)
+    assert summary["ended_by"] == "SIGINT" and summary["frames"] + summary["dropped_frames"] == 10
+    assert count_frames(record) == summary["frames"]
