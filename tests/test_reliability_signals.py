@@ -221,3 +221,30 @@ def test_a_signal_while_a_live_camera_stalls_still_exits_in_time(tmp_path):
     summary = summary_of(events)
     assert summary["ended_by"] == "SIGINT" and summary["frames"] + summary["dropped_frames"] == 10
     assert count_frames(record) == summary["frames"]
+
+
+def test_after_sigkill_an_avi_recording_and_the_events_so_far_survive(tmp_path, camera):
+    """No handler runs on SIGKILL (or a power cut). Motion JPEG AVI needs no closing index, so the
+    frames written so far still play; each events line was flushed whole. (An MP4 keeps its index
+    for the end and is lost: see test_reliability_sources.py's never-finalized case.)"""
+    model = probe_model(tmp_path / "probe.onnx")
+    record, events = tmp_path / "cam.avi", tmp_path / "cam.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "--source", camera.url, "--model",
+                             str(model), "--record", str(record), "--events", str(events),
+                             "--no-display"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while predictions_in(events) < 90 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None
+        proc.kill()
+        proc.wait(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(lines) >= 90 and all(line["type"] == "prediction" for line in lines)
+    assert count_frames(record) >= 20  # 3 s streamed; the first second is held to measure the rate
