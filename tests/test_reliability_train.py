@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from data_miniature import VAL_COLUMNS_A, write_csv, write_layout_a
-from reliability_util import one_line_error
+from reliability_util import ROOT, one_line_error
 
 from train.cli import main
 from train.data import frame_name
@@ -94,3 +99,41 @@ def test_a_data_mistake_is_one_line_naming_it(tmp_path, capsys, breaks, workers)
     assert rc == 2
     line = one_line_error(capsys.readouterr().err, "epic-train")
     assert named in line
+
+
+LOADER_AFTER_OPENCV = """
+import sys
+import cv2
+import numpy as np
+sys.path.insert(0, {tests!r})
+from data_miniature import write_layout_a
+from train.data import EpicKitchensDataModule
+
+# The process has used OpenCV's thread pool (a notebook that looked at frames, an earlier test).
+frame = np.zeros((1500, 1500, 3), np.uint8)
+for _ in range(3):
+    cv2.GaussianBlur(cv2.resize(frame, (900, 900)), (5, 5), 0)
+dm = EpicKitchensDataModule({root!r}, num_frames=4, image_size=16, clip_seconds=1.0, fps=10.0,
+                            num_workers=2, batch_size=2)
+dm.setup("validate")
+clips, labels = next(iter(dm.val_dataloader()))
+print("batch", tuple(clips.shape))
+"""
+
+
+def test_loader_workers_start_after_the_process_used_opencv_threads(tmp_path):
+    """Forked workers once called cv2.setNumThreads and hung forever before their first batch
+    when the parent had run OpenCV's pool. A hang would be a timeout here, not a stuck suite."""
+    root = write_layout_a(tmp_path / "data")
+    script = textwrap.dedent(LOADER_AFTER_OPENCV).format(tests=str(ROOT / "tests"), root=str(root))
+    # Its own session, so that a hang is ended with its workers, not just the parent.
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the DataLoader workers hung")
+    assert proc.returncode == 0, err[-2000:]
+    assert "batch (2, 4, 16, 16, 3)" in out
