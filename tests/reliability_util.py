@@ -135,6 +135,9 @@ class StallingServer:
                 pass
 
     def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave it there.
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
         for conn in self._held:
             conn.close()
