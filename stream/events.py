@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +120,10 @@ class EventLog:
         self._names: dict[int, str] = dict(enumerate(class_names))
         self._predictions = 0
         self._score_sum: np.ndarray | None = None
-        self._latencies: list[float] = []
-        self._inference: list[float] = []
+        # Every latency, for the summary's exact percentiles: 8 bytes a prediction in an array
+        # (a list of floats took 64 with the inference times, 7 MiB an hour of live stream).
+        self._latencies = array("d")
+        self._inference_sum = 0.0
         self._segments: list[dict[str, Any]] = []
         self._run: _Run | None = None
         self._last_time_s: float | None = None
@@ -164,7 +167,7 @@ class EventLog:
                 self._names.setdefault(label.index, label.name)
         if math.isfinite(pred.latency_ms) and math.isfinite(pred.inference_ms):
             self._latencies.append(pred.latency_ms)
-            self._inference.append(pred.inference_ms)
+            self._inference_sum += pred.inference_ms
         self._write(
             {
                 "type": "prediction",
@@ -241,11 +244,11 @@ class EventLog:
     def _latency_stats(self) -> dict[str, float | None]:
         if not self._latencies:
             return {"latency_ms_p50": None, "latency_ms_p95": None, "inference_ms_mean": None}
-        p50, p95 = np.percentile(self._latencies, [50, 95])
+        p50, p95 = np.percentile(np.frombuffer(self._latencies, np.float64), [50, 95])
         return {
             "latency_ms_p50": _round(p50, MS_DECIMALS),
             "latency_ms_p95": _round(p95, MS_DECIMALS),
-            "inference_ms_mean": _round(float(np.mean(self._inference)), MS_DECIMALS),
+            "inference_ms_mean": _round(self._inference_sum / len(self._latencies), MS_DECIMALS),
         }
 
     def _write(self, record: dict[str, Any]) -> None:

@@ -362,6 +362,10 @@ class StreamPipeline:
             return "SIGINT"
         if failure is not None:
             return f"error: {type(failure).__name__}"
+        if self.ended_by == "end of stream" and self.source is not None and self.source.end_note:
+            # A truncated file or a camera that stayed down: the events file, often the only
+            # record of an unattended run, says so, not just the console.
+            return self.source.end_note
         return self.ended_by
 
     # -- threads ---------------------------------------------------------------------------------

@@ -58,6 +58,22 @@ def check_record_path(path: str | Path) -> Path:
     return path
 
 
+def writable_fps(fps: float) -> float:
+    """``fps`` as close as MPEG-4 Part 2 can store it.
+
+    OpenCV hands FFmpeg the rate as n / 10^k, exact to 0.001 fps, and the mpeg4 encoder refuses a
+    time base whose n exceeds 65535: a camera measured at 136.987 fps, or a file stated at 1000/7,
+    could not be recorded at all. Rates above 65.535 fps are rounded to 0.01 fps (to whole frames
+    above 655.35 fps), which fits; slower rates, 23.976 and 59.94 among them, pass unchanged.
+    """
+    fps = float(fps)
+    if fps > 655.35:
+        return float(round(fps))
+    if fps > 65.535:
+        return round(fps, 2)
+    return fps
+
+
 class VideoRecorder:
     """Writes frames to ``path``; opened by the first frame, finished by :meth:`close`.
 
@@ -102,7 +118,7 @@ class VideoRecorder:
 
     def _open(self) -> None:
         fourcc = cv2.VideoWriter_fourcc(*CODECS[self.path.suffix.lower()])
-        writer = cv2.VideoWriter(str(self.path), fourcc, float(self.fps), self._size)
+        writer = cv2.VideoWriter(str(self.path), fourcc, writable_fps(self.fps), self._size)
         if not writer.isOpened():
             raise OutputError(
                 f"--record {self.path}: OpenCV cannot write {CODECS[self.path.suffix.lower()]} "

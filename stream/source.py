@@ -22,7 +22,9 @@ from __future__ import annotations
 import glob
 import logging
 import math
+import os
 import re
+import struct
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -179,6 +181,46 @@ class VideoSource(ABC):
         """Release the device, file or connection."""
 
 
+def missing_mp4_index(path: str) -> str | None:
+    """Why an MP4/MOV that FFmpeg cannot open is unreadable, when the cause is its missing index.
+
+    An MP4 needs its index (the ``moov`` box) to find any frame. Most writers, cameras and OpenCV
+    among them, put it after the frames, so a file cut off (an interrupted copy or download, a
+    recording whose writer died) has none, and not even its first frames can be decoded. Returns
+    None for anything else (not an MP4, or an index that is there).
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            offset = 0
+            while offset + 8 <= size:
+                handle.seek(offset)
+                header = handle.read(16)
+                box_size, kind = struct.unpack(">I4s", header[:8])
+                if box_size == 1 and len(header) == 16:
+                    box_size = struct.unpack(">Q", header[8:])[0]
+                elif box_size == 0:  # the last box runs to the end of the file
+                    box_size = size - offset
+                if (offset == 0 and kind != b"ftyp") or box_size < 8 or kind == b"moov":
+                    return None
+                offset += box_size
+    except OSError:
+        return None
+    if offset == 0:
+        return None
+    if offset > size:
+        return (
+            f"{path} is truncated and its MP4 index (the moov box, which this file keeps after the "
+            "frames) is missing, so no frame can be located; copy the whole file again (an MP4 "
+            "remuxed with `ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4` keeps its index "
+            "first, and a cut-off copy of it still plays up to the cut)"
+        )
+    return (
+        f"{path} has no MP4 index (moov box): its writer never finalized it, so no frame can be "
+        "located; a tool such as untrunc can rebuild the index from a healthy video of the same camera"
+    )
+
+
 class CaptureSource(VideoSource):
     """A file, camera or URL read through ``cv2.VideoCapture``."""
 
@@ -241,7 +283,9 @@ class CaptureSource(VideoSource):
                 f"cannot connect to {target} (refused, unreachable or no answer within "
                 f"{self._timeout_ms / 1000:g} s); check the address and that the camera is streaming"
             )
-        return f"{target} is not a video that can be read (unknown format, not a video, or corrupt)"
+        return missing_mp4_index(str(target)) or (
+            f"{target} is not a video that can be read (unknown format, not a video, or corrupt)"
+        )
 
     def _grab_first(self) -> np.ndarray:
         ok, image = self._cap.read()

@@ -66,6 +66,12 @@ class LoadedModel:
 
 
 def _torch_load(path: Path) -> Any:
+    if not _written_by_torch_save(path):
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch checkpoint (not a file written by torch.save); "
+            "expected an official TimeSformer .pyth, a state dict saved with torch.save, "
+            "a Lightning .ckpt or a timm ViT checkpoint"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as safe_err:
@@ -73,7 +79,7 @@ def _torch_load(path: Path) -> Any:
         # hyper_parameters; only for them do we fall back to a full unpickle.
         if path.suffix != ".ckpt":
             raise CheckpointError(
-                f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(safe_err)}); "
+                f"{path}: cannot be read as a PyTorch checkpoint ({_weights_only_reason(safe_err)}); "
                 "expected an official TimeSformer .pyth, a state dict saved with torch.save, "
                 "a Lightning .ckpt or a timm ViT checkpoint"
             ) from safe_err
@@ -84,6 +90,27 @@ def _torch_load(path: Path) -> Any:
                 f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(err)}); "
                 "expected a Lightning .ckpt saved by epic-train"
             ) from err
+
+
+def _written_by_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (PK), or a pickle (protocol marker 0x80) before torch 1.6."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # let torch.load name the problem
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _weights_only_reason(err: BaseException) -> str:
+    # torch's own text suggests weights_only=False, which the user cannot pass and should not
+    # want for a file of unknown origin: say what the file holds instead.
+    if "Weights only load failed" in str(err):
+        return (
+            "it holds Python objects besides tensors, which are only unpickled from an epic-train "
+            ".ckpt: unpickling them could run code"
+        )
+    return _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:

@@ -521,11 +521,6 @@ class ClipDataset(Dataset):
         return torch.from_numpy(clip), self.labels[item]
 
 
-def _single_cv2_thread(worker_id: int) -> None:
-    # Each loader worker is one process; OpenCV's own thread pool per worker would oversubscribe.
-    cv2.setNumThreads(1)
-
-
 # --- the DataModule ---------------------------------------------------------------------------
 
 
@@ -748,13 +743,18 @@ class EpicKitchensDataModule(pl.LightningDataModule):
             self._dataset(self._test_split(), train=False)
 
     def _loader(self, dataset: ClipDataset, shuffle: bool) -> DataLoader:
+        if self.num_workers > 0:
+            # Each loader worker is one process; OpenCV's own thread pool in each would
+            # oversubscribe the cores. Set here, before the workers fork, not in them: once this
+            # process has run OpenCV's pool, setNumThreads in a forked child waits forever on the
+            # pool's inherited condition variable, and every worker hangs before its first batch.
+            cv2.setNumThreads(1)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_single_cv2_thread if self.num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
             # Shuffling and worker seeds follow `seed`, so two runs see the same clips in order.
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
