@@ -110,7 +110,11 @@ def test_every_source_frame_is_recorded_in_order(tmp_path, probe, make_video):
     assert free.sum() > 1000
     seen = np.array([f[free].mean() for f in recorded])
     truth = np.array([f[free].mean() for f in source_frames])
-    assert np.abs(seen - truth).max() < 3  # MJPEG's error; neighbours are 8 apart
+    # Each recorded frame is nearest to its own source frame (neighbours are 8 grey levels
+    # apart; MJPEG's error near the overlay stays under half of that).
+    nearest = np.abs(seen[:, None] - truth[None, :]).argmin(axis=1)
+    np.testing.assert_array_equal(nearest, np.arange(len(truth)))
+    assert np.abs(seen - truth).max() < 4
     summary = read_events(events_path)[-1]
     assert summary["frames"] == 29 and summary["dropped_frames"] == 0
 
