@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from train.model import PRESETS, AttentionType, TimeSformer, build_timesformer
 
+FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = {"img_size": 32, "patch_size": 16, "num_frames": 4, "num_classes": 5, "embed_dim": 64,
          "depth": 2, "num_heads": 2, "drop_path_rate": 0.0}
 
@@ -117,3 +120,18 @@ def test_input_size_and_frame_count_other_than_built_still_run():
     model = TimeSformer(**SMALL).eval()
     with torch.no_grad():
         assert model(_clip(batch=1, frames=6, size=48)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", ["divided", "space_only"])
+def test_reproduces_reference_logits(name):
+    # Fixture made by the reference code (facebookresearch/TimeSformer vit.py); see docs/model.md.
+    fixture = torch.load(FIXTURES / f"reference_{name}_tiny.pt", weights_only=True)
+    model = TimeSformer(**fixture["config"]).eval()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    with torch.no_grad():
+        logits = model(fixture["input"])
+        logits_other = model(fixture["input_other_size"])
+    assert (logits - fixture["logits"]).abs().max() <= 1e-4
+    assert (logits_other - fixture["logits_other_size"]).abs().max() <= 1e-4
+    # The fixture is not degenerate: the logits differ between clips.
+    assert (fixture["logits"][0] - fixture["logits"][1]).abs().max() > 1e-2

@@ -1,18 +1,13 @@
-"""Command line for train (placeholder until its issue lands)."""
+"""``epic-train`` / ``python -m train``: see :mod:`train.cli`.
+
+DDP relaunches this same module in each worker process (``python -m train.__main__ ARGS``).
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="epic-train")
-
-
-def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+from train.cli import main
 
 
 def entry() -> None:
