@@ -1,17 +1,86 @@
-"""Command line for export (placeholder until its issue lands)."""
+"""epic-export: a TimeSformer checkpoint to a verified ONNX file under the epic-stream model contract."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from export.onnx import DEFAULT_OPSET, MIN_OPSET, Precision
+from stream.errors import EpicError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="epic-export")
+    parser = argparse.ArgumentParser(
+        prog="epic-export",
+        description="Export a TimeSformer checkpoint (epic-train .ckpt, official .pyth, or a state "
+        "dict) to one ONNX file that epic-stream runs: uint8 BGR frames in, softmax scores out.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="the .ckpt, .pyth or state-dict file")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--class-names", metavar="FILE",
+        help="JSON dict name->id, JSON list, or text with one name a line "
+        "(default: the names epic-train stored; else class_0 ...)",
+    )
+    parser.add_argument("--num-frames", type=int, help="frames per clip (default: the checkpoint's)")
+    parser.add_argument("--image-size", type=int, help="frame size S (default: the checkpoint's)")
+    parser.add_argument(
+        "--clip-seconds", type=float,
+        help="source time from a clip's first frame to its last (default: as stored by epic-train; "
+        "else the reference's 8x32 sampling at 30 fps)",
+    )
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_const", dest="precision", const=Precision.FP16,
+                           help="write a float16 model (for GPUs)")
+    precision.add_argument("--int8", action="store_const", dest="precision", const=Precision.INT8,
+                           help="write a dynamically quantized int8 model (for CPUs)")
+    parser.add_argument("--mean", type=float, nargs="+", metavar="M",
+                        help="RGB mean, one value or three (default: stored, else 0.45)")
+    parser.add_argument("--std", type=float, nargs="+", metavar="S",
+                        help="RGB std, one value or three (default: stored, else 0.225)")
+    parser.add_argument("--triton-repo", metavar="DIR",
+                        help="also write a Triton model repository: DIR/NAME/1/model.onnx, config.pbtxt")
+    parser.add_argument("--name", help="the model's name in the Triton repository (default: output stem)")
+    parser.add_argument("--triton-max-batch", type=int, default=8, metavar="N",
+                        help="Triton max_batch_size (default 8)")
+    parser.add_argument("--check-clips", type=int, default=3, metavar="N",
+                        help="random clips to compare ONNX Runtime with torch on, at least 3 (default 3)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.set_defaults(precision=Precision.FP32)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)],
+    )
+    try:
+        # Imported here so --help and option errors answer before torch loads.
+        from export.checkpoint import export_checkpoint
+        from export.report import render_report
+
+        report = export_checkpoint(
+            args.checkpoint, args.output, class_names_file=args.class_names,
+            num_frames=args.num_frames, image_size=args.image_size, clip_seconds=args.clip_seconds,
+            mean=args.mean, std=args.std, opset=args.opset, precision=args.precision,
+            triton_repo=args.triton_repo, name=args.name, triton_max_batch_size=args.triton_max_batch,
+            check_clips=args.check_clips, step=lambda message: err.status(message),
+        )
+    except EpicError as exc:
+        if args.debug:
+            raise
+        print(f"epic-export: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    Console().print(render_report(report))
     return 0
 
 
