@@ -1,17 +1,229 @@
-"""Command line for stream (placeholder until its issue lands)."""
+"""epic-stream: classify the actions in a video stream, live, with any contract-meeting ONNX model.
+
+    epic-stream --source webcam
+    epic-stream --source kitchen.mp4 --model model.onnx --record out.mp4 --events out.jsonl
+    epic-stream --source rtsp://camera/stream --no-display --events live.jsonl
+
+Errors the user can fix end in one line on stderr and a non-zero exit code (``--debug`` shows the
+traceback). Ctrl-C and SIGTERM stop cleanly, with the recording and the events file finalized,
+and exit with 130 and 143.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from pathlib import Path
+
+import stream
+from stream.errors import EpicError, ModelError, OptionError
+from stream.recorder import CODECS
+from stream.runtime import Device
+from stream.smoothing import (
+    DEFAULT_ALPHA,
+    DEFAULT_HYSTERESIS_WINDOW,
+    DEFAULT_WINDOW,
+    SmoothingPolicy,
+)
+from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS
+
+PROG = "epic-stream"
+DEMO_MODEL = Path(stream.__file__).resolve().parents[1] / "models" / "demo.onnx"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become an :class:`OptionError`: one line, through the one error boundary."""
+
+    def error(self, message: str):
+        raise OptionError(f"{message} (see {PROG} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="epic-stream")
+    parser = _Parser(
+        prog=PROG,
+        description="Real-time action classification of a camera, video file, network stream or "
+        "folder of frames, with an ONNX model that meets the epic-stream contract.",
+        epilog="q or Esc in the window quits; Ctrl-C or SIGTERM stop cleanly, finalizing the "
+        "recording and the events file.",
+    )
+    parser.add_argument(
+        "--source",
+        required=True,
+        metavar="SRC",
+        help="webcam (camera 0), webcam:N or N; a video file; an rtsp://, http:// or https:// URL "
+        "(IP cameras, MJPEG streams); a folder of frames (EPIC-KITCHENS frame_0000000001.jpg "
+        "style, in sorted order) or a glob such as 'frames/*.jpg'",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL.onnx",
+        help=f"the ONNX model (default: the demo model, {DEMO_MODEL.relative_to(DEMO_MODEL.parents[1])})",
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="OUT.mp4",
+        help="write the annotated video: every presented frame, at the source size and frame rate "
+        f"(measured for live sources); {', '.join(sorted(CODECS))}",
+    )
+    parser.add_argument(
+        "--events", type=Path, metavar="OUT.jsonl",
+        help="write one JSON line per prediction, then a summary line",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-display", dest="display", action="store_false",
+        help="never open a window (without a display the run is headless anyway)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="treat a file as a live camera: paced at its native frame rate, frames dropped when "
+        "the machine falls behind, the model always on the newest clip",
+    )
+    smoothing = parser.add_argument_group("smoothing of the shown label")
+    smoothing.add_argument(
+        "--smoothing",
+        type=SmoothingPolicy,
+        choices=list(SmoothingPolicy),
+        default=SmoothingPolicy.EMA,
+        metavar="{" + ",".join(p.value for p in SmoothingPolicy) + "}",
+        help="ema: moving average of the scores; vote: majority of the last --window labels; "
+        "hysteresis: change only when the last --window labels agree; none (default: ema)",
+    )
+    smoothing.add_argument(
+        "--alpha", type=float,
+        help=f"ema: weight of the newest prediction, in (0, 1] (default {DEFAULT_ALPHA})",
+    )  # fmt: skip
+    smoothing.add_argument(
+        "--window", type=int,
+        help=f"vote and hysteresis: how many predictions (default {DEFAULT_WINDOW} for vote, "
+        f"{DEFAULT_HYSTERESIS_WINDOW} for hysteresis)",
+    )  # fmt: skip
+    smoothing.add_argument(
+        "--min-score",
+        type=float,
+        help="below this score the label shows 'no action' (default: just above chance, 1/C plus "
+        "5%% of the way to 1, so a confident prediction is never hidden)",
+    )
+    parser.add_argument(
+        "--every",
+        type=int,
+        metavar="N",
+        help="files: one prediction every N frames (default: about 4 per second of video, "
+        "e.g. 8 at 30 fps, 15 at 60 fps)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=5, metavar="K",
+        help="classes in the overlay's bar chart (default 5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device",
+        type=Device,
+        choices=list(Device),
+        default=Device.AUTO,
+        metavar="{" + ",".join(d.value for d in Device) + "}",
+        help="execution provider: auto tries TensorRT, then CUDA, then the CPU and keeps the first "
+        "that really works (default: auto)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, metavar="N",
+        help="ONNX Runtime intra-op threads (default 0: its own choice)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reconnect",
+        type=int,
+        default=DEFAULT_RECONNECTS,
+        metavar="N",
+        help="live sources: reopen a stream that drops up to N times, with backoff "
+        f"(default {DEFAULT_RECONNECTS})",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        help=f"frame rate of a folder of frames (default {DEFAULT_FOLDER_FPS:g}; EPIC-KITCHENS-55 "
+        "and EPIC-KITCHENS-100 frames are 60 fps), or of a video file that states none",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
+    return parser
+
+
+class _CliFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_logging(debug: bool) -> None:
+    logger = logging.getLogger("stream")
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not any(getattr(h, "_epic_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_CliFormatter())
+        handler._epic_cli = True
+        logger.addHandler(handler)
+    if not debug:
+        # OpenCV and FFmpeg report a failed open on stderr in many lines; our one line says it.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def _model_path(given: Path | None) -> tuple[Path, bool]:
+    if given is not None:
+        return given, False
+    if not DEMO_MODEL.is_file():
+        raise ModelError(
+            f"no --model given and the demo model {DEMO_MODEL} is missing; run `make demo-model` "
+            "or pass --model"
+        )
+    return DEMO_MODEL, True
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (tests call this directly)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        _configure_logging(args.debug)
+        from stream.pipeline import StreamOptions, StreamPipeline
+
+        model, is_demo = _model_path(args.model)
+        options = StreamOptions(
+            source=args.source,
+            model=model,
+            record=args.record,
+            events=args.events,
+            display=args.display,
+            realtime=args.realtime,
+            smoothing=args.smoothing,
+            alpha=args.alpha,
+            window=args.window,
+            min_score=args.min_score,
+            every=args.every,
+            top_k=args.top_k,
+            device=args.device,
+            threads=args.threads,
+            reconnect=args.reconnect,
+            fps=args.fps,
+        )
+        pipeline = StreamPipeline(options)
+        if is_demo:
+            pipeline.say(f"no --model given: using the demo model {model}")
+        pipeline.run()
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into Interrupted
+        code = getattr(exc, "exit_code", 130)
+        print(f"{PROG}: stopped by {exc or 'SIGINT'}; outputs finalized", file=sys.stderr)
+        return code
+    except EpicError as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -11,10 +11,12 @@ import cv2
 import numpy as np
 
 
-def resize_and_crop(frame: np.ndarray, size: int) -> np.ndarray:
+def resize_and_crop(frame: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Return ``frame`` (H x W x 3 uint8, any channel order) resized short side to ``size``, centre-cropped.
 
-    The result is a new C-contiguous uint8 array of shape (size, size, 3).
+    The result is a new C-contiguous uint8 array of shape (size, size, 3), or ``out`` filled with
+    it: the streaming ring buffer passes its preallocated slot so that the crop is copied once,
+    straight into place.
     """
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
@@ -28,4 +30,8 @@ def resize_and_crop(frame: np.ndarray, size: int) -> np.ndarray:
         frame = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA)
     top = (new_h - size) // 2
     left = (new_w - size) // 2
-    return np.ascontiguousarray(frame[top : top + size, left : left + size])
+    crop = frame[top : top + size, left : left + size]
+    if out is None:
+        return np.ascontiguousarray(crop)
+    np.copyto(out, crop)
+    return out

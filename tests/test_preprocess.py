@@ -32,3 +32,11 @@ def test_same_size_square_frame_is_unchanged():
 def test_rejects_nonpositive_size():
     with pytest.raises(ValueError):
         resize_and_crop(np.zeros((10, 10, 3), np.uint8), 0)
+
+
+def test_out_receives_the_same_pixels_as_the_returned_copy():
+    frame = np.random.default_rng(2).integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    out = np.zeros((48, 48, 3), np.uint8)
+    result = resize_and_crop(frame, 48, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, resize_and_crop(frame, 48))

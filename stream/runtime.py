@@ -1,0 +1,215 @@
+"""ONNX Runtime: open a contract-meeting model on the best execution provider that really works.
+
+``--device auto`` tries TensorRT, then CUDA, then the CPU. onnxruntime-gpu *lists* CUDA and
+TensorRT on machines without a GPU (or without its libraries) and silently falls back to the CPU,
+so a provider only counts when the created session reports it first and a warm-up run succeeds.
+Forcing one that does not work is a :class:`ProviderError` that says what to do instead.
+
+:class:`Runner` owns the clip input buffer the worker gathers into and runs the model on it. On
+CUDA and TensorRT it uses IO binding: the input is bound once from that buffer and the output to a
+preallocated host array, so a run allocates nothing and copies only what must cross to the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from stream.contract import INPUT_NAME, OUTPUT_NAME, ModelContract, read_contract
+from stream.errors import ModelError, ProviderError
+
+log = logging.getLogger(__name__)
+
+
+class Device(str, Enum):
+    """``--device``: which execution provider runs the model."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
+PROVIDERS = {
+    Device.TENSORRT: "TensorrtExecutionProvider",
+    Device.CUDA: "CUDAExecutionProvider",
+    Device.CPU: "CPUExecutionProvider",
+}
+AUTO_ORDER = (Device.TENSORRT, Device.CUDA, Device.CPU)
+# TensorRT engines take long to build; cache them so the second start is quick.
+TRT_CACHE = Path.home() / ".cache" / "epic-stream" / "tensorrt"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _provider_entry(device: Device):
+    name = PROVIDERS[device]
+    if device is Device.TENSORRT:
+        options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(TRT_CACHE)}
+        return (name, options)
+    return name
+
+
+def _session_options(threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, int(threads))
+    # Idle intra-op threads spin by default, burning the cores that decoding and encoding need
+    # while the worker waits for frames.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _open(path: Path, device: Device, threads: int):
+    """A session for ``device`` (with the CPU for nodes it cannot run), or raise what ORT raised."""
+    import onnxruntime as ort
+
+    providers = [_provider_entry(device)]
+    if device is Device.TENSORRT and PROVIDERS[Device.CUDA] in ort.get_available_providers():
+        providers.append(PROVIDERS[Device.CUDA])  # for the nodes TensorRT does not take
+    if device is not Device.CPU:
+        providers.append(PROVIDERS[Device.CPU])
+    # enable_fallback=0: fail instead of quietly retrying on the CPU, and print nothing.
+    return ort.InferenceSession(
+        str(path), sess_options=_session_options(threads), providers=providers, enable_fallback=0
+    )
+
+
+def _check_model_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"model not found: {path}")
+    if not path.is_file():
+        raise ModelError(f"--model {path} is a folder; give an .onnx file")
+
+
+def _load_on_cpu(path: Path, threads: int):
+    try:
+        return _open(path, Device.CPU, threads)
+    except Exception as exc:  # onnxruntime raises untyped errors for a file that is not a model
+        raise ModelError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from exc
+
+
+def create_session(
+    path: str | Path, device: Device | str = Device.AUTO, threads: int = 0
+) -> tuple[object, ModelContract, str]:
+    """Open ``path`` on ``device`` and check it against the contract.
+
+    Returns ``(session, contract, provider)``, the provider being the one that really runs it.
+    Raises :class:`ModelError` (missing or not ONNX), :class:`ContractError` (naming the broken
+    part) or :class:`ProviderError` (a forced device that cannot be used here).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    try:
+        device = Device(device)
+    except ValueError:
+        choices = ", ".join(d.value for d in Device)
+        raise ProviderError(f"--device must be one of {choices}, got {device!r}") from None
+    _check_model_file(path)
+    available = set(ort.get_available_providers())
+    if device is Device.AUTO:
+        candidates = [d for d in AUTO_ORDER if PROVIDERS[d] in available or d is Device.CPU]
+    else:
+        if PROVIDERS[device] not in available:
+            raise ProviderError(
+                f"--device {device.value}: this onnxruntime ({ort.__version__}) has no "
+                f"{PROVIDERS[device]}; install onnxruntime-gpu with CUDA/TensorRT, or use "
+                "--device auto or cpu"
+            )
+        candidates = [device]
+    failures: list[str] = []
+    # Probing a GPU provider without its libraries makes ORT log errors that are expected here:
+    # what failed is reported below in one line. --debug keeps them.
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    ort.set_default_logger_severity(2 if verbose else 4)
+    try:
+        for candidate in candidates:
+            if candidate is Device.CPU:
+                session = _load_on_cpu(path, threads)
+            else:
+                try:
+                    session = _open(path, candidate, threads)
+                except Exception as exc:
+                    _load_on_cpu(path, threads)  # a bad file is a ModelError, not a provider one
+                    failures.append(f"{PROVIDERS[candidate]}: {_first_line(exc)}")
+                    continue
+                if session.get_providers()[0] != PROVIDERS[candidate]:
+                    failures.append(f"{PROVIDERS[candidate]}: not usable on this machine")
+                    continue
+            contract = read_contract(session, path)
+            provider = session.get_providers()[0]
+            try:
+                Runner(session, contract, provider).run()  # warm-up: the provider really works
+            except Exception as exc:
+                if candidate is Device.CPU:
+                    raise ModelError(f"{path} fails to run on the CPU: {_first_line(exc)}") from exc
+                failures.append(f"{provider}: warm-up run failed: {_first_line(exc)}")
+                continue
+            if failures:
+                log.info("skipped providers: %s", "; ".join(failures))
+            return session, contract, provider
+    finally:
+        ort.set_default_logger_severity(2 if verbose else 3)
+    reasons = "; ".join(failures)
+    raise ProviderError(
+        f"--device {device.value} cannot be used here ({reasons}); check the GPU driver, CUDA and "
+        "TensorRT libraries, or use --device auto or cpu"
+    )
+
+
+class Runner:
+    """Runs the model on its own clip buffer ([1, T, S, S, 3] uint8, filled by the worker)."""
+
+    def __init__(self, session, contract: ModelContract, provider: str) -> None:
+        self.session = session
+        self.contract = contract
+        self.provider = provider
+        size = contract.image_size
+        self.clip = np.zeros((1, contract.num_frames, size, size, 3), np.uint8)
+        import onnxruntime as ort
+
+        # Setting ``terminate`` on these from another thread aborts a run in progress: a stop
+        # need not wait for a slow model to finish its clip.
+        self._run_options = ort.RunOptions()
+        self._binding = None
+        if provider in (PROVIDERS[Device.CUDA], PROVIDERS[Device.TENSORRT]):
+            self._scores = np.zeros((1, contract.num_classes), np.float32)
+            binding = session.io_binding()
+            # Both OrtValues wrap the numpy memory: the worker's gather lands in the bound input,
+            # ORT copies it to the device, and the scores come back into our own array.
+            self._input_value = ort.OrtValue.ortvalue_from_numpy(self.clip)
+            self._output_value = ort.OrtValue.ortvalue_from_numpy(self._scores)
+            binding.bind_ortvalue_input(INPUT_NAME, self._input_value)
+            binding.bind_ortvalue_output(OUTPUT_NAME, self._output_value)
+            self._binding = binding
+
+    @property
+    def uses_io_binding(self) -> bool:
+        return self._binding is not None
+
+    def run(self) -> np.ndarray:
+        """Run on :attr:`clip`; return the scores [C] (valid until the next run)."""
+        if self._binding is not None:
+            self.session.run_with_iobinding(self._binding, self._run_options)
+            return self._scores[0]
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: self.clip}, self._run_options)[0][0]
+
+    def cancel(self) -> None:
+        """Abort the run in progress, if any, and every later one (the stream is stopping)."""
+        self._run_options.terminate = True
+
+    def timed_run(self) -> tuple[np.ndarray, float]:
+        """:meth:`run` and its duration in milliseconds."""
+        start = time.perf_counter()
+        scores = self.run()
+        return scores, (time.perf_counter() - start) * 1000.0

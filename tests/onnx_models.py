@@ -1,0 +1,187 @@
+"""Tiny ONNX models for tests, built with onnx.helper: no torch, no downloads, milliseconds to build.
+
+* :func:`probe_model` meets the contract and reveals what it was fed: its scores encode the mean
+  intensity of every frame of the clip (:func:`decode_probe` gets them back), so a test can check
+  which frames reached the model, in which order.
+* :func:`classifier_model` meets the contract with a plain softmax over a few classes; its keyword
+  arguments break any part of the contract on purpose (input name, dtype, rank, channels, output,
+  class_names) for validation tests.
+* :func:`matmul_model` meets the contract and costs a chosen amount of compute (a chain of
+  N x N matrix products that depends on the input, so it cannot be folded away): a model of known
+  cost for overhead measurements.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+_UNSET = object()
+
+
+def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str]) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # readable by every onnxruntime >= 1.14
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def contract_metadata(
+    class_names: Sequence[str] | None,
+    clip_seconds: float | None,
+    num_frames: int,
+    image_size: int,
+    description: str = "test model",
+) -> dict[str, str]:
+    meta = {"num_frames": str(num_frames), "image_size": str(image_size), "description": description}
+    if class_names is not None:
+        meta["class_names"] = json.dumps(list(class_names))
+    if clip_seconds is not None:
+        meta["clip_seconds"] = repr(float(clip_seconds))
+    return meta
+
+
+def probe_model(
+    path: Path,
+    *,
+    num_frames: int = 4,
+    image_size: int = 16,
+    clip_seconds: float | None = 0.3,
+) -> Path:
+    """A contract model whose scores are ``[m_0, ..., m_{T-1}, rest] / (255 T)``-style probabilities.
+
+    ``m_t`` is the mean pixel value of frame t of the clip; the last class takes the remainder so
+    that the scores are non-negative and sum to 1. Class names are ``frame0 .. frame{T-1}, rest``.
+    """
+    t = num_frames
+    frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", t, image_size, image_size, 3])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", t + 1])
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["means"], axes=[2, 3, 4], keepdims=0),
+        helper.make_node("Div", ["means", "scale"], ["parts"]),
+        helper.make_node("ReduceSum", ["parts", "axis1"], ["total"], keepdims=1),
+        helper.make_node("Sub", ["one", "total"], ["rest"]),
+        helper.make_node("Concat", ["parts", "rest"], ["scores"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(255.0 * t, np.float32), "scale"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    graph = helper.make_graph(nodes, "probe", [frames], [scores], inits)
+    names = [f"frame{i}" for i in range(t)] + ["rest"]
+    return _save(graph, path, contract_metadata(names, clip_seconds, t, image_size, "probe model"))
+
+
+def decode_probe(scores: Sequence[float], num_frames: int) -> np.ndarray:
+    """The per-frame mean intensities a :func:`probe_model` saw, from its scores."""
+    return np.asarray(scores[:num_frames], np.float64) * 255.0 * num_frames
+
+
+def classifier_model(
+    path: Path,
+    *,
+    num_frames: int = 4,
+    image_size: int = 16,
+    class_names: Sequence[str] | None = ("cut", "stir", "wash"),
+    clip_seconds: float | None = 1.0,
+    num_classes: int | None = None,
+    input_name: str = "frames",
+    input_type: int = TensorProto.UINT8,
+    input_shape: Sequence | object = _UNSET,
+    output_name: str = "scores",
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """A softmax classifier over ``class_names`` that meets the contract unless told otherwise.
+
+    ``num_classes`` (default: the number of names) sets the output width, so a mismatch with
+    ``class_names`` can be made; ``metadata`` entries replace the generated ones (None drops one).
+    """
+    if input_shape is _UNSET:
+        input_shape = ["batch", num_frames, image_size, image_size, 3]
+    rank = len(input_shape)
+    classes = num_classes if num_classes is not None else len(class_names or ())
+    x = helper.make_tensor_value_info(input_name, input_type, list(input_shape))
+    y = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])
+    nodes = [
+        helper.make_node("Cast", [input_name], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=list(range(1, rank)), keepdims=0),
+        helper.make_node("Unsqueeze", ["m", "axis1"], ["m1"]),
+        helper.make_node("Mul", ["m1", "weights"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [output_name], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.linspace(-0.02, 0.02, classes, dtype=np.float32)[None], "weights"),
+        numpy_helper.from_array(np.linspace(0.0, 0.5, classes, dtype=np.float32)[None], "bias"),
+    ]
+    graph = helper.make_graph(nodes, "classifier", [x], [y], inits)
+    meta = contract_metadata(class_names, clip_seconds, num_frames, image_size)
+    for key, value in (metadata or {}).items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    return _save(graph, path, meta)
+
+
+def matmul_model(
+    path: Path,
+    *,
+    size: int = 256,
+    depth: int = 8,
+    num_frames: int = 4,
+    image_size: int = 16,
+    class_names: Sequence[str] = ("a", "b", "c"),
+    clip_seconds: float | None = 1.0,
+) -> Path:
+    """A contract model costing ``depth`` products of ``size`` x ``size`` matrices per clip.
+
+    The first matrix is shifted by the clip's mean intensity, so nothing can be precomputed;
+    the weights are orthogonal, so the values stay finite however deep the chain.
+    """
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((size, size)))
+    weights = q.astype(np.float32)
+    frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", num_frames, image_size, image_size, 3])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", len(class_names)])
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2, 3, 4], keepdims=1),  # [b,1,1,1,1]
+        helper.make_node("Reshape", ["m", "shape_b11"], ["m3"]),  # [b, 1, 1]
+        helper.make_node("Mul", ["m3", "tiny"], ["shift"]),
+        helper.make_node("Add", ["w", "shift"], ["h0"]),  # [b, N, N]
+    ]
+    last = "h0"
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [last, "w"], [f"h{i + 1}"]))
+        last = f"h{i + 1}"
+    nodes += [
+        helper.make_node("ReduceMean", [last], ["rows"], axes=[1], keepdims=0),  # [b, N]
+        helper.make_node("Slice", ["rows", "zero", "classes", "axis1"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(weights, "w"),
+        numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape_b11"),
+        numpy_helper.from_array(np.array(1e-3, np.float32), "tiny"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([len(class_names)], np.int64), "classes"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    graph = helper.make_graph(nodes, "matmul", [frames], [scores], inits)
+    meta = contract_metadata(class_names, clip_seconds, num_frames, image_size, "matmul cost model")
+    return _save(graph, path, meta)
