@@ -246,10 +246,16 @@ class Bench:
             yield lambda n=1, note=None: None
             return
         task = self.progress.add_task(description, total=total)
+        plain = not self.progress.console.is_terminal
+        last_line = [0.0]
 
         def advance(n: float = 1, note: str | None = None) -> None:
             desc = f"{description}: {note}" if note else description
             self.progress.update(task, advance=n, description=desc)
+            # Without a terminal the bars only show at the end: a plain line every 15 s instead.
+            if plain and note and time.monotonic() - last_line[0] >= 15.0:
+                last_line[0] = time.monotonic()
+                self.progress.console.log(desc)
 
         try:
             yield advance

@@ -174,7 +174,7 @@ def _plot(bench: Bench, stats: dict) -> str:
         s = [stats[n][key] for n in names]
         ax.bar([i + off for i in x], [v.median for v in s], 0.4, yerr=error_bars(s), capsize=3, label=label)
     for i, n in zip(x, names, strict=True):
-        ax.annotate(f"{stats[n]['ratio'].median:.2f}x", (i + 0.2, stats[n]["pipeline_fps"].median),
+        ax.annotate(f"{stats[n]['ratio'].median:.2f}x", (i + 0.2, stats[n]["pipeline_fps"].hi),
                     ha="center", va="bottom")
     ax.set_xticks(list(x), [n.split(" (")[0] + "\n" + n.split("(")[1].rstrip(")") for n in names], fontsize=8)
     ax.set_ylabel("frames / s (median, min–max)")
