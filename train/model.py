@@ -155,7 +155,8 @@ class TimeSformer(nn.Module):
             self.time_drop = nn.Dropout(drop_rate)
 
         block_cls = DividedBlock if self.attention_type == AttentionType.DIVIDED else Block
-        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        # Stochastic depth rising linearly to drop_path_rate (plain floats: works on "meta" too).
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             block_cls(
                 dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
