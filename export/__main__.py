@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from export.onnx import DEFAULT_OPSET, MIN_OPSET, Precision
+from export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Precision
 from stream.errors import EpicError
 
 
@@ -19,22 +19,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a TimeSformer checkpoint (epic-train .ckpt, official .pyth, or a state "
         "dict) to one ONNX file that epic-stream runs: uint8 BGR frames in, softmax scores out.",
     )
-    parser.add_argument("--checkpoint", required=True, help="the .ckpt, .pyth or state-dict file")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="the .ckpt, .pyth or state-dict file")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument(
         "--class-names", metavar="FILE",
         help="JSON dict name->id, JSON list, or text with one name a line "
         "(default: the names epic-train stored; else class_0 ...)",
     )
-    parser.add_argument("--num-frames", type=int, help="frames per clip (default: the checkpoint's)")
-    parser.add_argument("--image-size", type=int, help="frame size S (default: the checkpoint's)")
+    parser.add_argument("--num-frames", type=int, metavar="T", help="frames per clip (default: the checkpoint's)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="frame size S (default: the checkpoint's)")
     parser.add_argument(
-        "--clip-seconds", type=float,
+        "--clip-seconds", type=float, metavar="X",
         help="source time from a clip's first frame to its last (default: as stored by epic-train; "
         "else the reference's 8x32 sampling at 30 fps)",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_const", dest="precision", const=Precision.FP16,
                            help="write a float16 model (for GPUs)")
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Triton max_batch_size (default 8)")
     parser.add_argument("--check-clips", type=int, default=3, metavar="N",
                         help="random clips to compare ONNX Runtime with torch on, at least 3 (default 3)")
+    parser.add_argument("--timing-runs", type=int, default=5, metavar="N",
+                        help="ONNX Runtime runs to time, median reported (default 5)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.set_defaults(precision=Precision.FP32)
     return parser
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             num_frames=args.num_frames, image_size=args.image_size, clip_seconds=args.clip_seconds,
             mean=args.mean, std=args.std, opset=args.opset, precision=args.precision,
             triton_repo=args.triton_repo, name=args.name, triton_max_batch_size=args.triton_max_batch,
-            check_clips=args.check_clips, step=lambda message: err.status(message),
+            check_clips=args.check_clips, timing_runs=args.timing_runs, step=lambda message: err.status(message),
         )
     except EpicError as exc:
         if args.debug:

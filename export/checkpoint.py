@@ -22,7 +22,12 @@ import torch
 
 from export import onnx as onnx_export
 from export.errors import ExportError
-from export.names import check_class_names, generic_class_names, read_class_names
+from export.names import (
+    check_class_names,
+    generic_class_names,
+    names_from_value,
+    read_class_names,
+)
 from export.onnx import DEFAULT_OPSET, GraphInfo, Parity, Precision
 from export.triton import check_model_name, write_triton_repo
 from stream.contract import ModelContract
@@ -139,6 +144,8 @@ def export_checkpoint(
     flag_std = _triple(std, "--std") if std is not None else None
     if check_clips < 3:
         raise OptionError(f"--check-clips must be at least 3 (batch 1, then batch 2), got {check_clips}")
+    if timing_runs < 1:
+        raise OptionError(f"--timing-runs must be at least 1, got {timing_runs}")
     if triton_max_batch_size < 1:
         raise OptionError(f"--triton-max-batch must be at least 1, got {triton_max_batch_size}")
     if name is not None and triton_repo is None:
@@ -155,14 +162,22 @@ def export_checkpoint(
     num_classes, frames, size = int(arch["num_classes"]), int(arch["num_frames"]), int(arch["img_size"])
     if num_classes < 1:
         raise ExportError(f"{checkpoint}: the model has no classification head, so no scores to export")
+    if loaded.missing_keys:
+        # Weights the checkpoint lacks would be served at their random init.
+        shown = ", ".join(loaded.missing_keys[:4]) + (" ..." if len(loaded.missing_keys) > 4 else "")
+        raise ExportError(
+            f"{checkpoint} ({loaded.kind}) lacks {len(loaded.missing_keys)} of the model's weights "
+            f"({shown}); export a fine-tuned TimeSformer checkpoint, e.g. epic-train's best .ckpt"
+        )
 
     sources: dict[str, str] = {}
     if names is not None:
         check_class_names(names, num_classes, str(class_names_file))
         sources["class_names"] = str(class_names_file)
     elif hparams.get("class_names"):
-        names = [str(n) for n in hparams["class_names"]]
-        check_class_names(names, num_classes, f"{checkpoint} (stored class_names)")
+        where = f"{checkpoint} (stored class_names)"
+        names = names_from_value(hparams["class_names"], where)
+        check_class_names(names, num_classes, where)
         sources["class_names"] = "checkpoint"
     else:
         names = generic_class_names(num_classes)
@@ -186,8 +201,9 @@ def export_checkpoint(
         sources["clip_seconds"] = "reference guess"
         warn(
             f"{checkpoint.name} does not say how much time a clip spans: assuming the reference's "
-            f"sampling ({frames} frames over {REFERENCE_WINDOW_FRAMES} frames at "
-            f"{REFERENCE_FPS:g} fps = {span:.3g} s); give --clip-seconds to set it"
+            f"sampling, {frames} frames spread over {REFERENCE_WINDOW_FRAMES} frames of "
+            f"{REFERENCE_FPS:g} fps video, {span:.3g} s from first to last; give --clip-seconds "
+            "to set it"
         )
 
     if flag_mean is not None or flag_std is not None:
@@ -222,17 +238,17 @@ def export_checkpoint(
         contract = verified.contract
         with step("Timing ONNX Runtime (CPU)"):
             timings["fp32"] = onnx_export.time_session(
-                onnx_export.open_session(target), verified.clips[0], runs=timing_runs
+                verified.session, verified.clips[0], runs=timing_runs, warm_up=False
             )
         if precision is not Precision.FP32:
             with step(f"Converting to {precision.value} and comparing with torch"):
-                variant_parity, contract = onnx_export.write_variant(
+                variant_parity, contract, session = onnx_export.write_variant(
                     precision, verified, final, metadata=metadata
                 )
             parity.append(variant_parity)
             with step(f"Timing ONNX Runtime (CPU, {precision.value})"):
                 timings[precision.value] = onnx_export.time_session(
-                    onnx_export.open_session(final), verified.clips[0], runs=timing_runs
+                    session, verified.clips[0], runs=timing_runs, warm_up=False
                 )
 
     triton_dir = None

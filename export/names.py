@@ -37,6 +37,15 @@ def _from_dict(data: dict, where: str) -> list[str]:
     return [by_id[i] for i in range(len(by_id))]
 
 
+def names_from_value(value: object, where: str) -> list[str]:
+    """Class names as a checkpoint may store them: a list in class-id order, or a dict as above."""
+    if isinstance(value, dict):
+        return _from_dict(value, where)
+    if isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
+        return [n.strip() for n in value]
+    raise ClassNamesError(f"{where}: class names must be a list of strings or a dict name -> id")
+
+
 def _from_text(text: str, where: str) -> list[str]:
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:

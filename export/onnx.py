@@ -1,15 +1,18 @@
 """A torch network to one self-contained ONNX file under the model contract, checked for parity.
 
 The graph is ``ContractModel``: training's FrameNormalizer, the network, softmax. Every export is
-checked three ways before it is kept: onnx.checker; ONNX Runtime against torch on the same uint8
-clips at batch 1 and batch 2; and stream/'s own contract validator.
+checked before it is kept: onnx.checker; a symbolic batch dimension and the requested opset;
+ONNX Runtime against torch on the same uint8 clips at batch 1 and batch 2; and stream/'s own
+contract validator.
 
-Why the torch.export-based exporter (``dynamo=True``) with a batch-2 example: it is torch's
-supported exporter (the TorchScript one is deprecated), but it silently bakes a batch of 1 into
-the graph when the example clip has batch 1 (torch.export specialises sizes 0 and 1), so the
-example has two clips and the written graph is checked for a symbolic batch dimension anyway.
-``external_data=False`` keeps the weights inside the one .onnx file (TimeSformer-base is ~0.5 GB,
-well under protobuf's 2 GB limit).
+Why the TorchScript exporter (``dynamo=False``), deprecated as it is in torch 2.14: the
+torch.export-based one cannot write opset 17 for TimeSformer (it builds opset 18, its down-
+conversion fails, and it keeps 18 without an error), it silently fixes the batch at 1 when the
+example clip has batch 1, and it takes three to four times as long (TimeSformer-base: ~85 s
+against ~55 s on two cores). The TorchScript exporter writes opsets 17 to 20 natively, keeps
+``dynamic_axes`` symbolic, and puts the weights in the one .onnx file (TimeSformer-base is
+~0.49 GB, under protobuf's 2 GB limit). The written file is checked for all three regardless,
+so a change of exporter behaviour fails loudly.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import statistics
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,9 +44,9 @@ from export.wrapper import ContractModel
 from stream.contract import INPUT_NAME, OUTPUT_NAME, ModelContract, read_contract
 from stream.errors import ContractError, OptionError, OutputError
 
-# 18 is the exporter's native opset; 17 also works (the exporter converts down to it).
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 17
 MIN_OPSET = 17
+MAX_OPSET = 20  # the TorchScript exporter's newest
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 2)
 
@@ -85,7 +89,6 @@ class Parity:
     batches: tuple[int, ...]
     max_abs_diff: float
     top1_agreement: float
-    provider: str
 
     @property
     def clips(self) -> int:
@@ -93,8 +96,8 @@ class Parity:
 
 
 def check_opset(opset: int) -> None:
-    if opset < MIN_OPSET:
-        raise OptionError(f"--opset must be {MIN_OPSET} or newer, got {opset}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OptionError(f"--opset must be {MIN_OPSET} or newer, up to {MAX_OPSET}; got {opset}")
 
 
 def check_writable(path: Path, what: str = "output") -> None:
@@ -187,30 +190,32 @@ def _check_signature(proto: onnx.ModelProto, num_frames: int, image_size: int) -
                           f"{image_size}, {image_size}, 3]")
 
 
-def trace_to_onnx(
-    model: nn.Module, *, num_frames: int, image_size: int, opset: int
-) -> onnx.ModelProto:
+def trace_to_onnx(model: nn.Module, *, num_frames: int, image_size: int, opset: int) -> onnx.ModelProto:
     """torch -> ONNX proto with a symbolic batch dimension named 'batch'."""
     example = torch.zeros(2, num_frames, image_size, image_size, 3, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1)
+    buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
+            torch.onnx.export(
                 model,
                 (example,),
-                dynamo=True,
+                buffer,
+                dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 opset_version=opset,
-                external_data=False,
-                verbose=False,
+                do_constant_folding=True,
             )
     except Exception as exc:  # the exporter raises many unrelated types for one cause
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"torch could not export the model to ONNX opset {opset}: {first}") from exc
-    return program.model_proto
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if written != opset:
+        raise ExportError(f"asked torch for ONNX opset {opset}, but it wrote opset {written}")
+    return proto
 
 
 def open_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
@@ -256,22 +261,26 @@ def session_scores(session: ort.InferenceSession, clips: np.ndarray, batches: Se
     return np.concatenate(out).astype(np.float32)
 
 
-def compare(
-    precision: str, reference: np.ndarray, scores: np.ndarray, batches: Sequence[int], provider: str
-) -> Parity:
+def compare(precision: str, reference: np.ndarray, scores: np.ndarray, batches: Sequence[int]) -> Parity:
     return Parity(
         precision=precision,
         batches=tuple(batches),
         max_abs_diff=float(np.abs(reference - scores).max()),
         top1_agreement=float((reference.argmax(-1) == scores.argmax(-1)).mean()),
-        provider=provider,
     )
 
 
-def time_session(session: ort.InferenceSession, clip: np.ndarray, *, runs: int = 5, budget_s: float = 10.0) -> float:
-    """Median ms per batch-1 clip after one warm-up run; stops early once ``budget_s`` is spent."""
+def time_session(
+    session: ort.InferenceSession, clip: np.ndarray, *, runs: int = 5, budget_s: float = 10.0,
+    warm_up: bool = True,
+) -> float:
+    """Median ms per batch-1 clip; stops early once ``budget_s`` is spent.
+
+    ``warm_up=False`` for a session that has already run (the parity check warms it).
+    """
     feed = {INPUT_NAME: clip[None] if clip.ndim == 4 else clip[:1]}
-    session.run([OUTPUT_NAME], feed)
+    if warm_up:
+        session.run([OUTPUT_NAME], feed)
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < runs and (not times or time.perf_counter() - started < budget_s):
@@ -313,6 +322,7 @@ class VerifiedExport:
     parity: Parity
     clips: np.ndarray
     reference: np.ndarray  # torch's probabilities on ``clips``
+    session: ort.InferenceSession | None = None  # ONNX Runtime on ``path``, already warm
 
 
 def write_verified(
@@ -340,7 +350,7 @@ def write_verified(
     batches = split_batches(len(clips))
     reference = torch_scores(contract_model, clips, batches)
     session = open_session(path)
-    parity = compare("fp32", reference, session_scores(session, clips, batches), batches, "CPU")
+    parity = compare("fp32", reference, session_scores(session, clips, batches), batches)
     if not parity.max_abs_diff <= PARITY_TOLERANCE:
         raise ParityError(
             f"ONNX Runtime and torch disagree on the exported model: max |Δp| = {parity.max_abs_diff:.2e} "
@@ -350,7 +360,7 @@ def write_verified(
         session, path, class_names=class_names, num_frames=num_frames, image_size=image_size,
         clip_seconds=clip_seconds,
     )
-    return VerifiedExport(path, contract, parity, clips, reference)
+    return VerifiedExport(path, contract, parity, clips, reference, session)
 
 
 def prepare_model(
@@ -367,10 +377,11 @@ def prepare_model(
 
 @contextlib.contextmanager
 def scratch(beside: Path, tag: str = ""):
-    """A temporary .onnx path in ``beside``'s folder (same disk, so a rename is atomic); always removed."""
-    fd, name = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.stem}{tag}-", suffix=".onnx")
-    os.close(fd)
-    tmp = Path(name)
+    """A fresh .onnx path in ``beside``'s folder (same disk, so a rename is atomic); always removed.
+
+    The path is only named, not created, so the file gets the usual permissions when written.
+    """
+    tmp = beside.parent / f".{beside.stem}{tag}-{uuid.uuid4().hex[:12]}.onnx"
     try:
         yield tmp
     finally:
@@ -390,7 +401,7 @@ def staged(output: Path):
 
 def export_onnx(
     model: nn.Module,
-    output: Path,
+    output: str | Path,
     *,
     class_names: Sequence[str],
     num_frames: int,
@@ -428,8 +439,8 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     proto = onnx.load(str(source))
-    # The quantizer re-runs shape inference, which trips over some of the exporter's stored
-    # intermediate shapes; they are only hints, so it gets the graph without them.
+    # The quantizer runs its own shape inference, which can disagree with intermediate shapes an
+    # exporter stored (torch's dynamo exporter does); they are only hints, so they go.
     del proto.graph.value_info[:]
     root = logging.getLogger()
     advice = _DropQuantizerAdvice()
@@ -473,7 +484,7 @@ def write_variant(
     target: Path,
     *,
     metadata: dict[str, str],
-) -> tuple[Parity, ModelContract]:
+) -> tuple[Parity, ModelContract, ort.InferenceSession]:
     """Convert a verified fp32 export to ``precision`` at ``target`` and measure it against torch.
 
     Reduced precision cannot meet the fp32 tolerance, so the difference and the top-1 agreement
@@ -492,10 +503,10 @@ def write_variant(
     session = open_session(target)
     batches = split_batches(len(verified.clips))
     scores = session_scores(session, verified.clips, batches)
-    parity = compare(precision.value, verified.reference, scores, batches, "CPU")
+    parity = compare(precision.value, verified.reference, scores, batches)
     contract = validate_contract(
         session, target, class_names=verified.contract.class_names,
         num_frames=verified.contract.num_frames, image_size=verified.contract.image_size,
         clip_seconds=verified.contract.clip_seconds,
     )
-    return parity, contract
+    return parity, contract, session

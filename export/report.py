@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from export.checkpoint import ExportReport
 from export.onnx import PARITY_TOLERANCE, Parity
@@ -28,35 +29,39 @@ def _values(values: tuple[float, ...]) -> str:
 def render_report(report: ExportReport) -> Table:
     c, arch = report.contract, report.arch
     attention = getattr(arch["attention_type"], "value", arch["attention_type"])
-    table = Table(title=f"epic-export: {report.output}", show_header=False, title_justify="left")
+    table = Table(title=Text(f"epic-export: {report.output}"), show_header=False, title_justify="left")
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
-    table.add_row("file", f"{report.output} ({_size(report.graph.size_bytes)}, {report.precision.value})")
-    table.add_row(
+
+    def row(label: str, value: str) -> None:
+        table.add_row(label, Text(value))  # Text: shapes like [batch, 8, ...] are not rich markup
+
+    row("file", f"{report.output} ({_size(report.graph.size_bytes)}, {report.precision.value})")
+    row(
         "from",
         f"{report.checkpoint} ({report.kind}): TimeSformer {attention}, embed {arch['embed_dim']}, "
         f"depth {arch['depth']}, heads {arch['num_heads']}",
     )
-    table.add_row("opset", str(report.graph.opset))
+    row("opset", str(report.graph.opset))
     for info in report.graph.inputs:
-        table.add_row("input", str(info))
+        row("input", str(info))
     for info in report.graph.outputs:
-        table.add_row("output", str(info))
-    table.add_row("classes", f"{c.num_classes} ({report.sources['class_names']})")
-    table.add_row(
+        row("output", str(info))
+    row("classes", f"{c.num_classes} ({report.sources['class_names']})")
+    row(
         "clip",
         f"{c.num_frames} frames of {c.image_size}x{c.image_size} over {c.clip_seconds:.3g} s "
         f"({report.sources['clip_seconds']})",
     )
-    table.add_row(
+    row(
         "normalize",
         f"mean {_values(report.mean)}, std {_values(report.std)} ({report.sources['normalization']})",
     )
     for p in report.parity:
-        table.add_row(f"ORT vs torch {p.precision}", _parity(p))
+        row(f"ORT vs torch {p.precision}", _parity(p))
     timing = ", ".join(f"{k} {v:.1f}" for k, v in report.ms_per_clip.items())
-    table.add_row("ORT CPU ms/clip", f"{timing} (batch 1, median, this machine)")
+    row("ORT CPU ms/clip", f"{timing} (batch 1, median, this machine)")
     if report.triton_dir is not None:
-        table.add_row("triton", str(report.triton_dir))
-    table.add_row("took", f"{report.seconds:.0f} s")
+        row("triton", str(report.triton_dir))
+    row("took", f"{report.seconds:.0f} s")
     return table
