@@ -25,6 +25,7 @@ from stream.smoothing import (
     DEFAULT_ALPHA,
     DEFAULT_HYSTERESIS_WINDOW,
     DEFAULT_WINDOW,
+    MIN_SCORE_MARGIN,
     SmoothingPolicy,
 )
 from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS
@@ -86,10 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     smoothing = parser.add_argument_group("smoothing of the shown label")
     smoothing.add_argument(
         "--smoothing",
-        type=SmoothingPolicy,
-        choices=list(SmoothingPolicy),
-        default=SmoothingPolicy.EMA,
-        metavar="{" + ",".join(p.value for p in SmoothingPolicy) + "}",
+        choices=[p.value for p in SmoothingPolicy],
+        default=SmoothingPolicy.EMA.value,
         help="ema: moving average of the scores; vote: majority of the last --window labels; "
         "hysteresis: change only when the last --window labels agree; none (default: ema)",
     )
@@ -106,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-score",
         type=float,
         help="below this score the label shows 'no action' (default: just above chance, 1/C plus "
-        "5%% of the way to 1, so a confident prediction is never hidden)",
+        f"{MIN_SCORE_MARGIN * 100:g}%% of the way to 1, so a confident prediction is never hidden)",
     )
     parser.add_argument(
         "--every",
@@ -121,10 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--device",
-        type=Device,
-        choices=list(Device),
-        default=Device.AUTO,
-        metavar="{" + ",".join(d.value for d in Device) + "}",
+        choices=[d.value for d in Device],
+        default=Device.AUTO.value,
         help="execution provider: auto tries TensorRT, then CUDA, then the CPU and keeps the first "
         "that really works (default: auto)",
     )
@@ -137,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_RECONNECTS,
         metavar="N",
-        help="live sources: reopen a stream that drops up to N times, with backoff "
+        help="live sources: when the stream drops, try to reopen it up to N times, with backoff "
         f"(default {DEFAULT_RECONNECTS})",
     )
     parser.add_argument(
@@ -156,14 +153,27 @@ class _CliFormatter(logging.Formatter):
         return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (it may be replaced later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_CliFormatter())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(debug: bool) -> None:
     logger = logging.getLogger("stream")
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
-    if not any(getattr(h, "_epic_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_CliFormatter())
-        handler._epic_cli = True
-        logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
     if not debug:
         # OpenCV and FFmpeg report a failed open on stderr in many lines; our one line says it.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -200,13 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             events=args.events,
             display=args.display,
             realtime=args.realtime,
-            smoothing=args.smoothing,
+            smoothing=SmoothingPolicy(args.smoothing),
             alpha=args.alpha,
             window=args.window,
             min_score=args.min_score,
             every=args.every,
             top_k=args.top_k,
-            device=args.device,
+            device=Device(args.device),
             threads=args.threads,
             reconnect=args.reconnect,
             fps=args.fps,

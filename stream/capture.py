@@ -78,9 +78,10 @@ class CaptureThread(threading.Thread):
     def run(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # handed to the main thread, which re-raises it
+        except BaseException as exc:
+            # Handed to the main thread, which re-raises it once the frames read before the
+            # failure are presented and recorded: the ring is closed, not abandoned.
             self.error = exc
-            self.stop_event.set()
         finally:
             self.ring.close()
             self.source.close()
@@ -103,20 +104,21 @@ class CaptureThread(threading.Thread):
             image, time_s = got
             index = self.frames
             self.frames += 1
-            if seq is None:  # the presenter holds this display slot: drop, never wait
+            if seq is None:
                 scratch = image
-                self.dropped += 1
-                continue
-            if paced:
+            if paced:  # a file played as a camera: each frame arrives at its source time
                 if origin is None:
                     origin = (captured, time_s)
                 due = origin[0] + (time_s - origin[1])
                 if captured > due + interval:  # decoding fell behind the clock: like a camera
                     self.dropped += 1
-                    continue  # the slot stays reserved and takes the next frame
+                    continue  # a reserved slot stays reserved and takes the next frame
                 if captured < due and stop.wait(due - captured):
                     return
                 captured = time.monotonic()
+            if seq is None:  # the presenter holds this display slot: drop, never wait
+                self.dropped += 1
+                continue
             image = to_bgr(image)
             self._note_size(image)
             resize_and_crop(image, self.image_size, out=ring.model_slot(seq))

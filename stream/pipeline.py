@@ -51,6 +51,7 @@ JOIN_TIMEOUT_S = 2.0
 WINDOW_TITLE = "epic-stream"
 MAX_RING_SLOTS = 4096  # model-size frames: 600 MB at 224 px; only an absurd clip_seconds gets here
 LIVE_DISPLAY_SLOTS = 8  # how far the presenter may lag a live source before frames drop
+DISPLAY_BUDGET_BYTES = 512 * 1024 * 1024  # full-size frames held for a file's presenter
 LIVE_FPS_ASSUMED = 60.0  # cameras misstate their rate; size the live ring for the fast case
 DEFAULT_TOP_K = 5
 
@@ -200,6 +201,7 @@ class StreamPipeline:
         self.source: VideoSource | None = None
         self.provider: str | None = None
         self.ended_by: str = "end of stream"
+        self._runner: Runner | None = None
         self._finalizing = False
         self._signalled: int | None = None
 
@@ -260,10 +262,15 @@ class StreamPipeline:
         if contract.clip_seconds is not None:
             # 25% slack for variable frame rates; the ring also survives being too small.
             span = max(span, math.ceil(contract.clip_seconds * fps * 1.25) + 1)
+        # Files: room for the clip span plus the next prediction interval, so that capture
+        # decodes the next clip's frames while the model runs on this one.
         capacity = min(MAX_RING_SLOTS, span + (every or 0) + contract.num_frames + 8)
-        # Files: the presenter may trail capture by up to two prediction intervals (it waits for
-        # the prediction at frame k while capture decodes the frames of the next one).
-        display = LIVE_DISPLAY_SLOTS if every is None else max(4, 2 * every + 4)
+        # Files: the presenter trails capture by up to two prediction intervals (it waits for
+        # the prediction at frame k while capture decodes the frames of the next one), within a
+        # memory budget: a smaller display ring only costs overlap, never correctness.
+        width, height = source.frame_size
+        affordable = max(4, DISPLAY_BUDGET_BYTES // (width * height * 3))
+        display = LIVE_DISPLAY_SLOTS if every is None else min(max(4, 2 * every + 4), affordable)
         return mode, every, max(capacity, display + 1), display
 
     def _stream(self, source: VideoSource, runner: Runner, contract, smoother) -> dict[str, Any]:
@@ -311,38 +318,41 @@ class StreamPipeline:
             self.capture.start()
             self.worker.start()
             presenter.loop()
-            self._raise_thread_error()
+            self._raise_thread_error(drained=True)
         except BaseException as exc:
             failure = exc
             raise
         finally:
+            # From here on a signal is noted but does not interrupt: the outputs must be whole.
             self._finalizing = True
-            self._shutdown()
             wall_s = time.monotonic() - started
+            self._shutdown()
+            extra = {
+                "fps": presenter.frames / wall_s if wall_s > 0 else None,
+                "model_fps": board.count / wall_s if wall_s > 0 else None,
+                "wall_s": wall_s,
+                "provider": runner.provider,
+                "model": str(opts.model),
+                "source": source.name,
+                "mode": mode.value,
+                "every": every,
+                "ended_by": self._ending(failure),
+            }
+            dropped = presenter.skipped + self.capture.dropped
             try:
-                if recorder is not None:
-                    recorder.close()
+                try:
+                    if recorder is not None:
+                        recorder.close()
+                finally:
+                    self.summary = events.close(
+                        frames=presenter.frames, dropped_frames=dropped, extra=extra
+                    )
             finally:
-                dropped = presenter.skipped + (self.capture.dropped if self.capture else 0)
-                extra = {
-                    "fps": presenter.frames / wall_s if wall_s > 0 else None,
-                    "model_fps": board.count / wall_s if wall_s > 0 else None,
-                    "wall_s": wall_s,
-                    "provider": runner.provider,
-                    "model": str(opts.model),
-                    "source": source.name,
-                    "mode": mode.value,
-                    "every": every,
-                    "ended_by": self._ending(failure),
-                }
-                self.summary = events.close(
-                    frames=presenter.frames, dropped_frames=dropped, extra=extra
-                )
                 live_view.stop()
                 window.close()
-                if source.end_note:
-                    log.warning("%s", source.end_note)
-                print_summary(self.summary, self.console)
+            if source.end_note:
+                log.warning("%s", source.end_note)
+            print_summary(self.summary, self.console)
         return self.summary
 
     def _ending(self, failure: BaseException | None) -> str:
@@ -365,9 +375,8 @@ class StreamPipeline:
 
     def _shutdown(self) -> None:
         self.stop()
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.cancel()  # a slow model's run in progress need not finish
+        if self._runner is not None:
+            self._runner.cancel()  # a slow model's run in progress need not finish
         if self.source is not None:
             self.source.close()  # unblocks a capture waiting on a stalled stream
         deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -377,8 +386,11 @@ class StreamPipeline:
                 if thread.is_alive():
                     log.warning("%s did not stop within %.0f s", thread.name, JOIN_TIMEOUT_S)
 
-    def _raise_thread_error(self) -> None:
-        for thread in (self.capture, self.worker):
+    def _raise_thread_error(self, *, drained: bool) -> None:
+        """Re-raise a thread's exception here. A worker's at once; a capture failure once the
+        frames read before it have been presented (``drained``)."""
+        threads = (self.worker, self.capture) if drained else (self.worker,)
+        for thread in threads:
             if thread is not None and thread.error is not None:
                 error, thread.error = thread.error, None
                 raise error
@@ -425,6 +437,7 @@ class _Presenter:
         self.window: PreviewWindow = window
         self.live_view: LiveConsole = live_view
         self.every = every
+        self.source_name = pipeline.source.name
         self.frames = 0
         self.skipped = 0
         self.latest: Prediction | None = None
@@ -452,7 +465,7 @@ class _Presenter:
                 keep_going = self._present(frame.image, info)
             finally:
                 ring.release(info.seq)
-            self.pipeline._raise_thread_error()
+            self.pipeline._raise_thread_error(drained=False)
             if not keep_going:
                 self.pipeline.ended_by = "quit by the user"
                 return
@@ -493,7 +506,7 @@ class _Presenter:
                 model_fps=model_fps,
                 latency_ms=latest.latency_ms if latest is not None else None,
                 stale=stale,
-                source_name=self.pipeline.source.name if self.pipeline.source else "",
+                source_name=self.source_name,
             ),
         )
         if self.recorder is not None:

@@ -19,8 +19,9 @@ Who may overwrite what (the slot of sequence ``s`` last held ``s - capacity``):
 * the presenter *pins* the frame it is presenting, because drawing and encoding it takes long;
 * in lossless mode (files) the writer waits instead of overwriting a frame that the presenter has
   not presented yet, or one that a future clip may still need (the worker's *hold*: the oldest
-  frame of its last clip; later clips never reach further back). In live mode it never waits:
-  the oldest frames are overwritten, and a frame whose display slot is pinned is dropped.
+  frame of its last clip; later clips never reach further back), unless the worker is waiting
+  for that very frame. In live mode it never waits: the oldest frames are overwritten, and a
+  frame whose display slot is pinned is dropped.
 
 All state changes notify one condition, shared with the worker's results, so that every wait in
 the pipeline is a condition wait that a stop wakes at once: nothing polls.
@@ -58,6 +59,7 @@ class ClipInfo:
 
     seqs: tuple[int, ...]
     newest: FrameInfo
+    available: int  # the newest frame published when the clip was gathered
 
     @property
     def first_seq(self) -> int:
@@ -83,14 +85,15 @@ class FrameRing:
         *,
         display_capacity: int,
         lossless: bool,
-        cond: threading.Condition | None = None,
+        cond: threading.Condition | None = None,  # must wrap an RLock
     ) -> None:
         if capacity < 2 or display_capacity < 2:
             raise ValueError("a FrameRing needs at least 2 slots in each ring")
         self.capacity = capacity
         self.display_capacity = display_capacity
         self.lossless = lossless
-        self.cond = cond or threading.Condition()
+        # Reentrant: gather_newest waits and gathers under one hold of the lock.
+        self.cond = cond or threading.Condition(threading.RLock())
         self._model = np.zeros((capacity, image_size, image_size, 3), np.uint8)
         self._model_seq = np.full(capacity, -1, np.int64)
         self._index = np.zeros(capacity, np.int64)
@@ -108,7 +111,7 @@ class FrameRing:
         self._waiting_for: int | None = None  # lossless: the frame the worker waits for
         self._presented = 0  # every frame before this one has been presented (lossless)
         self._pinned: int | None = None
-        self._warned_evict = False
+        self._warned_short = False
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -142,21 +145,13 @@ class FrameRing:
             return True  # nobody will read any more; let the writer finish without waiting
         if seq - self.display_capacity >= self._presented:
             return False  # its display slot still holds a frame not yet presented
-        old = seq - self.capacity
-        if old >= self._hold:
-            if self._waiting_for is not None and self._waiting_for >= seq:
-                # The worker waits for a frame that cannot be written without replacing one
-                # its clip needs: the ring is too small for this clip span at this frame rate.
-                # Replacing it beats a deadlock.
-                if not self._warned_evict:
-                    self._warned_evict = True
-                    log.warning(
-                        "the frame buffer (%d frames) is too small for the model's clip at this "
-                        "frame rate; some clips lose their oldest frames",
-                        self.capacity,
-                    )
-                return True
-            return False
+        if seq - self.capacity >= self._hold:
+            # The hold is conservative: it protects every frame from the oldest of the last clip
+            # on. When the worker waits for a frame that cannot be written without replacing a
+            # held one (a long --every), the oldest frames go: the next clip ends at that frame
+            # and needs only the newest ``clip span`` of them, which a ring larger than the span
+            # keeps. Waiting here would deadlock.
+            return self._waiting_for is not None and self._waiting_for >= seq
         return True
 
     def reserve(self, stop: threading.Event | None = None) -> int | None:
@@ -226,6 +221,20 @@ class FrameRing:
             ok = self._wait(lambda: self._head - 1 > than or self._closed, stop)
             return self._head - 1 if ok and self._head - 1 > than else None
 
+    def gather_newest(
+        self,
+        than: int,
+        num_frames: int,
+        clip_seconds: float | None,
+        out: np.ndarray,
+        stop: threading.Event | None = None,
+    ) -> ClipInfo | None:
+        """Live: wait for a frame newer than ``than``, then gather the clip ending at the newest
+        frame at that moment (one lock hold, so no newer frame can slip in between)."""
+        with self.cond:
+            seq = self.wait_newer(than, stop)
+            return None if seq is None else self.gather(seq, num_frames, clip_seconds, out)
+
     def gather(
         self, end_seq: int, num_frames: int, clip_seconds: float | None, out: np.ndarray
     ) -> ClipInfo:
@@ -250,15 +259,27 @@ class FrameRing:
             count = seqs.size
             if clip_seconds is None or num_frames == 1:
                 chosen = np.clip(np.arange(count - num_frames, count), 0, None)
+                short = count < num_frames
             else:
                 times = self._time[slots]
                 targets = times[-1] - clip_seconds * np.linspace(1.0, 0.0, num_frames)
+                interval = (times[-1] - times[0]) / max(1, count - 1)
+                short = targets[0] < times[0] - interval
                 right = np.clip(np.searchsorted(times, targets), 0, count - 1)
                 left = np.clip(right - 1, 0, count - 1)
                 # Nearest frame in time; a tie goes to the earlier one, which keeps the choice
                 # monotonic in the target (so a later clip never needs an earlier frame).
                 closer_right = (times[right] - targets) < (targets - times[left])
                 chosen = np.where(closer_right, right, left)
+            if short and seqs[0] > 0 and not self._warned_short:
+                # Older frames existed but were overwritten: the source runs faster than the
+                # ring was sized for.
+                self._warned_short = True
+                log.warning(
+                    "the frame buffer (%d frames) is too small for the model's clip at this "
+                    "frame rate; clips are shortened to the frames it still holds",
+                    self.capacity,
+                )
             # mode="clip" avoids the buffered copy that np.take makes for out= with mode="raise".
             np.take(self._model, slots[chosen], axis=0, out=out, mode="clip")
             newest_slot = slots[-1]
@@ -272,7 +293,7 @@ class FrameRing:
             if self.lossless:
                 self._hold = chosen_seqs[0]
                 self.cond.notify_all()
-            return ClipInfo(chosen_seqs, newest)
+            return ClipInfo(chosen_seqs, newest, self._head - 1)
 
     def release_hold(self) -> None:
         """The worker needs no more frames (it finished or failed)."""

@@ -170,7 +170,9 @@ def create_session(
 class Runner:
     """Runs the model on its own clip buffer ([1, T, S, S, 3] uint8, filled by the worker)."""
 
-    def __init__(self, session, contract: ModelContract, provider: str) -> None:
+    def __init__(
+        self, session, contract: ModelContract, provider: str, *, io_binding: bool | None = None
+    ) -> None:
         self.session = session
         self.contract = contract
         self.provider = provider
@@ -182,7 +184,9 @@ class Runner:
         # need not wait for a slow model to finish its clip.
         self._run_options = ort.RunOptions()
         self._binding = None
-        if provider in (PROVIDERS[Device.CUDA], PROVIDERS[Device.TENSORRT]):
+        if io_binding is None:  # the CPU reads the numpy input in place; binding gains nothing
+            io_binding = provider in (PROVIDERS[Device.CUDA], PROVIDERS[Device.TENSORRT])
+        if io_binding:
             self._scores = np.zeros((1, contract.num_classes), np.float32)
             binding = session.io_binding()
             # Both OrtValues wrap the numpy memory: the worker's gather lands in the bound input,

@@ -19,7 +19,7 @@ from collections import deque
 
 from stream.contract import ModelContract
 from stream.prediction import Prediction
-from stream.ring import FrameRing
+from stream.ring import ClipInfo, FrameRing
 from stream.runtime import Runner
 
 _WAIT_S = 0.5
@@ -96,8 +96,8 @@ class InferenceWorker(threading.Thread):
         self.every = every
         self.error: BaseException | None = None
         self.inference_ms_total = 0.0
-        # Which frames each clip held (sequence numbers, oldest first), for tests and debugging.
-        self.clips: deque[tuple[int, ...]] = deque(maxlen=4096)
+        # The most recent clips (which frames, what was available), for tests and debugging.
+        self.clips: deque[ClipInfo] = deque(maxlen=4096)
 
     def run(self) -> None:
         try:
@@ -123,18 +123,22 @@ class InferenceWorker(threading.Thread):
             seq += self.every
 
     def _live(self) -> None:
-        newest = -1
+        contract, newest = self.contract, -1
         while not self.stop_event.is_set():
-            seq = self.ring.wait_newer(newest, self.stop_event)
-            if seq is None:
+            clip = self.ring.gather_newest(
+                newest, contract.num_frames, contract.clip_seconds, self.runner.clip[0], self.stop_event
+            )
+            if clip is None:
                 return
-            self._infer(seq)
-            newest = seq
+            self._run(clip)
+            newest = clip.newest.seq
 
     def _infer(self, seq: int) -> None:
         contract = self.contract
-        clip = self.ring.gather(seq, contract.num_frames, contract.clip_seconds, self.runner.clip[0])
-        self.clips.append(clip.seqs)
+        self._run(self.ring.gather(seq, contract.num_frames, contract.clip_seconds, self.runner.clip[0]))
+
+    def _run(self, clip: ClipInfo) -> None:
+        self.clips.append(clip)
         scores, inference_ms = self.runner.timed_run()
         done = time.monotonic()
         self.inference_ms_total += inference_ms

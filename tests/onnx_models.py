@@ -119,9 +119,9 @@ def classifier_model(
         helper.make_node("Cast", [input_name], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f"], ["m"], axes=list(range(1, rank)), keepdims=0),
         helper.make_node("Unsqueeze", ["m", "axis1"], ["m1"]),
-        helper.make_node("Mul", ["m1", "weights"], ["logits0"]),
-        helper.make_node("Add", ["logits0", "bias"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], [output_name], axis=1),
+        helper.make_node("Mul", ["m1", "weights"], ["_scaled"]),
+        helper.make_node("Add", ["_scaled", "bias"], ["_logits"]),
+        helper.make_node("Softmax", ["_logits"], [output_name], axis=1),
     ]
     inits = [
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
