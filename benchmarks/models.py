@@ -27,7 +27,7 @@ MEAN = (0.45, 0.45, 0.45)
 STD = (0.225, 0.225, 0.225)
 DIAL_HIDDEN = 256
 DIAL_CLASSES = 10
-OPSET = 18
+OPSET = 18  # the dial model's; TimeSformer files use export's DEFAULT_OPSET
 _CODE = ("train/model.py", "train/normalize.py", "export/onnx.py", "export/wrapper.py")
 
 
@@ -209,7 +209,7 @@ class ExportedModel:
 
 def export_timesformer(spec: TimeSformerSpec, cache: Path, network=None) -> ExportedModel:
     """fp32 (via ``export_onnx``, parity-checked) and int8 (``quantize_int8``) files, cached."""
-    from export.onnx import export_onnx, quantize_int8
+    from export.onnx import DEFAULT_OPSET, export_onnx, quantize_int8
 
     folder = Path(cache) / "models"
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,11 +217,16 @@ def export_timesformer(spec: TimeSformerSpec, cache: Path, network=None) -> Expo
     fp32, int8 = folder / f"{key}.onnx", folder / f"{key}-int8.onnx"
     start = time.perf_counter()
     if not fp32.exists():
+        # Files of an older version of the code are never read again: drop them (base is 0.5 GB).
+        prefix = f"{spec.preset}-{spec.num_frames}x{spec.image_size}-"
+        for stale in folder.glob(f"{prefix}*.onnx"):
+            if not stale.name.startswith(key):
+                stale.unlink(missing_ok=True)
         network = network if network is not None else build_network(spec)
         export_onnx(
             network, fp32, class_names=class_names(spec.num_classes), num_frames=spec.num_frames,
             image_size=spec.image_size, clip_seconds=spec.clip_seconds, mean=MEAN, std=STD,
-            opset=OPSET, description=f"benchmark: random-weight TimeSformer {spec.label}",
+            opset=DEFAULT_OPSET, description=f"benchmark: random-weight TimeSformer {spec.label}",
         )
     if not int8.exists():
         scratch = int8.with_name(f".{int8.name}.tmp")
@@ -253,6 +258,8 @@ def export_float_network(spec: TimeSformerSpec, cache: Path, network=None) -> Pa
 
     import torch
 
+    from export.onnx import DEFAULT_OPSET
+
     folder = Path(cache) / "models"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.key()}-float-input.onnx"
@@ -261,13 +268,13 @@ def export_float_network(spec: TimeSformerSpec, cache: Path, network=None) -> Pa
     network = network if network is not None else build_network(spec)
     module = _softmaxed(network)
     example = torch.zeros(1, 3, spec.num_frames, spec.image_size, spec.image_size)
+    scratch = path.with_name(f".{path.name}.tmp")
+    # The exporter export_onnx uses, at its opset, so the two files differ only in their front.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, (example,), dynamo=True, input_names=["frames"], output_names=["scores"],
-            opset_version=OPSET, external_data=False, verbose=False,
+        torch.onnx.export(
+            module, (example,), str(scratch), dynamo=False, input_names=["frames"],
+            output_names=["scores"], opset_version=DEFAULT_OPSET, do_constant_folding=True,
         )
-    scratch = path.with_name(f".{path.name}.tmp")
-    program.save(str(scratch))
     scratch.replace(path)
     return path
