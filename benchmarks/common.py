@@ -209,6 +209,7 @@ class SectionResult:
     body: str = ""
     figures: list[str] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
+    headline: list[tuple[str, str]] = field(default_factory=list)  # (figure, value) for the README
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None

@@ -140,6 +140,11 @@ def run(bench: Bench) -> SectionResult:
                       f"{c['decode_ms'] / (c['decode_ms'] + c['resize_ms'] + c['overlay_ms']):.2f}x"])
         rows.append([name, st["bare_fps"].fmt(1), st["pipeline_fps"].fmt(1), f"**{st['ratio'].fmt(2)}x**",
                      st["ratio_outside"].fmt(2) + "x", st["pipeline_fps_raw"].fmt(1)])
+    for name, st in stats.items():
+        result.headline.append((f"Decode-bound file mode, {name.split(' (')[0]} "
+                                f"({name.split('(')[1].split(',')[0]}): pipeline / bare decode fps",
+                                f"{st['ratio'].fmt(2)}x ({st['pipeline_fps'].median:.0f} vs "
+                                f"{st['bare_fps'].median:.0f} fps)"))
     result.data = {"model_ms": model.ms.as_json(), "runs": runs, "frame_costs": costs,
                    "sources": {name: str(long) for name, long, _ in sources}}
     result.body = "\n".join([

@@ -119,12 +119,18 @@ def run(bench: Bench) -> SectionResult:
                 "in ms/clip and clips/s at batch 1–16 for fp32 and fp16 TimeSformer-base 8x224 on "
                 "each provider, and epic-stream's frames/s on one 1080p stream with `--device`.",
             ])
+            result.headline.append(("GPU (CUDA / TensorRT)", "not measured: no GPU on this machine"))
             result.targets.append(Target("GPU figures (CUDA/TensorRT, fp32/fp16)", "measured on a GPU",
                                          "no GPU here", None, "this machine has no GPU"))
             advance(1)
             return result
         result.data["measured"] = _measure(bench, working, advance)
     result.body = _markdown(bench, gpus, rows, result.data["measured"])
+    for key, per_batch in result.data["measured"]["throughput"].items():
+        best = max(per_batch, key=lambda b: 1000.0 / per_batch[b]["median"])
+        result.headline.append((f"GPU {'; '.join(gpus) or '?'} {key}, {result.data['measured']['model']}",
+                                f"{per_batch[1]['median']:.1f} ms/clip at batch 1, "
+                                f"{1000.0 / per_batch[best]['median']:.0f} clips/s at batch {best}"))
     result.figures.append(_plot(bench, result.data["measured"]))
     return result
 

@@ -143,6 +143,16 @@ def run(bench: Bench) -> SectionResult:
         "agreement": agree,
     }
     result.body = _markdown(bench, timings, agree)
+    for label, t in timings.items():
+        if label.startswith(("tiny", "base")) and 1 in t["batches"]:
+            ms, sp = t["batches"][1]["ms_per_clip"], t["batches"][1]["speedup"]
+            result.headline.append((
+                f"TimeSformer {label}, batch 1, ms/clip: torch / ORT fp32 / ORT int8",
+                f"{ms['torch'].fmt(0)} / {ms['ort-fp32'].fmt(0)} / {ms['ort-int8'].fmt(0)} "
+                f"(ORT fp32 {sp['fp32_vs_torch'].median:.1f}x torch, int8 {sp['int8_vs_fp32'].median:.1f}x fp32)"))
+    for label, a in agree.items():
+        result.headline.append((f"int8 vs fp32 top-1 agreement, {label} ({a['clips']} clips)",
+                                f"{a['agreement'] * 100:.1f}%"))
     result.figures.append(_plot(bench, timings))
     return result
 

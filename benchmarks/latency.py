@@ -106,6 +106,10 @@ def run(bench: Bench) -> SectionResult:
             ("" if met else "**") + st["p95_over_bound"].fmt(2) + ("" if met else "**"),
             st["predictions_per_s"].fmt(2), f"{st['held_fps'].fmt(1)} / {FPS:.0f}", st["dropped"].fmt(0),
         ])
+    for _, st, _ in table:
+        result.headline.append((
+            f"--realtime latency p50 / p95, {st['alone_ms'].median:.0f} ms model (bound {st['bound_ms'].median:.0f} ms)",
+            f"{st['p50'].fmt(0)} / {st['p95'].fmt(0)} ms, {st['dropped'].median:.0f} frames dropped"))
     result.data = {"fps": FPS, "seconds": p.latency_seconds, "models": [
         {"calibrated_ms": m.ms.as_json(), "layers": m.layers, "runs": runs} for m, runs in per_model]}
     result.body = "\n".join([

@@ -114,6 +114,9 @@ def run(bench: Bench) -> SectionResult:
     result.targets.append(Target("thread count constant after warm-up", "constant",
                                  f"{f['threads_min']}–{f['threads_max']}", threads_flat,
                                  "" if threads_flat else "threads are started or ended while streaming"))
+    result.headline.append((f"RSS over a {p.memory_seconds / 60:g}-minute --realtime stream, after warm-up",
+                            f"{f['rss_median_mib']:.0f} MiB, range {f['range_frac'] * 100:.1f}%, "
+                            f"trend {f['trend_frac'] * 100:+.1f}%, {f['threads_max']} threads"))
     result.data = {"samples": samples, "flatness": f, "model_ms": model.ms.as_json(),
                    "seconds": p.memory_seconds, "warmup_s": p.memory_warmup_s}
     short = "" if p.name == "full" else (

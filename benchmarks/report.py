@@ -46,9 +46,12 @@ def render(
         "",
         machine_table(machine),
         "",
-        "## Targets",
+        "## Headline",
         "",
     ]
+    headline = [[figure, value] for s in sections for figure, value in s.headline]
+    lines += [md_table(["figure", "median [min–max]"], headline) if headline else "No figures.", "",
+              "## Targets", ""]
     target_rows = []
     for section in sections:
         for t in section.targets:
@@ -86,7 +89,8 @@ def write(
         "total_s": total_s,
         "sections": {
             s.key: {"title": s.title, "seconds": s.seconds, "load": s.load, "error": s.error,
-                    "targets": [t.__dict__ for t in s.targets], "data": s.data}
+                    "targets": [t.__dict__ for t in s.targets], "headline": s.headline,
+                    "data": s.data}
             for s in sections
         },
     }
