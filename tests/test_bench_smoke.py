@@ -1,0 +1,132 @@
+"""The benchmark harness must keep working: its pieces behave, and a smoke run of every section
+completes and writes a report. Sizes are tiny and nothing here asserts on timings."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from benchmarks import baseline_original, memory, original, run
+from benchmarks.common import SMOKE, Stats, Target
+from benchmarks.footage import structured_clips
+from benchmarks.models import DIAL_CLASSES, dial_proto, write_dial
+from stream.contract import load_contract
+from train.normalize import FrameNormalizer
+
+
+def test_dial_model_meets_the_contract_and_dials_its_cost(tmp_path):
+    path = write_dial(tmp_path / "dial.onnx", 3, num_frames=4, image_size=32, clip_seconds=0.5)
+    contract = load_contract(path)
+    assert (contract.num_frames, contract.image_size, contract.clip_seconds) == (4, 32, 0.5)
+    assert contract.num_classes == DIAL_CLASSES
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    clips = np.random.default_rng(0).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+    scores = session.run(None, {"frames": clips})[0]
+    assert scores.shape == (2, DIAL_CLASSES)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(scores[0], scores[1])  # it looks at its input
+    matmuls = [sum(n.op_type == "MatMul" for n in dial_proto(k).graph.node) for k in (0, 5, 20)]
+    assert matmuls == [2, 7, 22]  # the cost grows with the layers asked for
+
+
+def test_float_input_dial_model_takes_normalised_clips():
+    proto = dial_proto(1, num_frames=4, image_size=32, float_input=True)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.type == "tensor(float)" and inp.shape == [1, 3, 4, 32, 32]
+    scores = session.run(None, {"frames": np.zeros((1, 3, 4, 32, 32), np.float32)})[0]
+    assert scores.shape == (1, DIAL_CLASSES)
+
+
+def test_original_loop_normalises_like_the_contract_front():
+    """The baseline feeds its float model what the contract graph computes from uint8 frames,
+    so label differences between the two loops cannot come from preprocessing."""
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
+    ours = baseline_original.normalise(deque(frames))
+    front = FrameNormalizer(baseline_original.MEAN, baseline_original.STD)
+    expected = front(torch.from_numpy(np.stack(frames)[None])).numpy()
+    assert ours.dtype == np.float32 and ours.shape == (1, 3, 4, 16, 16)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_structured_clips_are_deterministic_video_not_noise():
+    clips = structured_clips(6, 4, 32, seed=3)
+    assert clips.shape == (6, 4, 32, 32, 3) and clips.dtype == np.uint8
+    np.testing.assert_array_equal(clips, structured_clips(6, 4, 32, seed=3))
+    step = np.abs(np.diff(clips.astype(np.int16), axis=1)).mean()
+    noise = np.random.default_rng(0).integers(0, 256, clips.shape, dtype=np.uint8)
+    noise_step = np.abs(np.diff(noise.astype(np.int16), axis=1)).mean()
+    assert step < noise_step / 4  # consecutive frames resemble each other, as in video
+
+
+def test_stats_report_median_and_min_max_spread():
+    s = Stats.of([3.0, 1.0, 2.0, float("nan")])
+    assert (s.n, s.median, s.lo, s.hi) == (3, 2.0, 1.0, 3.0)
+    assert s.fmt(1, "ms") == "2.0 ms [1.0–3.0]"
+    assert Target("t", "≤ 1", "2", False, "why").verdict == "**missed**"
+
+
+def test_memory_flatness_tells_a_plateau_from_a_leak():
+    flat = [(t, 200.0 + (t % 3) * 0.5, 9) for t in range(60)]
+    leak = [(t, 200.0 + t * 1.0, 9) for t in range(60)]
+    assert memory.flatness(flat, 10)["range_frac"] < 0.05
+    assert abs(memory.flatness(flat, 10)["trend_frac"]) < 0.05
+    assert memory.flatness(leak, 10)["trend_frac"] > 0.05
+
+
+def test_original_labels_are_compared_frame_by_frame():
+    base = {"labels": [[3, 1, 0.5], [4, 2, 0.6], [5, 2, 0.7]], "video_label": 2}
+    scores = lambda k: [1.0 if i == k else 0.0 for i in range(3)]  # noqa: E731
+    preds = [{"frame_index": 3, "scores": scores(1)}, {"frame_index": 5, "scores": scores(0)}]
+    summary = {"video_label": "class_2", "segments": [
+        {"label": "class_1", "start_s": 0.0, "end_s": 0.5}, {"label": "no action", "start_s": 0.5, "end_s": 1.0}]}
+    got = original.compare_labels(base, preds, summary, num_frames=4, fps=10.0)
+    assert got["raw_compared"] == 2 and got["raw_agreement"] == 0.5
+    assert got["shown_agreement"] == pytest.approx(1 / 3)  # frames 3 and 4 show class_1; 5 'no action'
+    assert got["shown_no_action"] == pytest.approx(1 / 3)
+    assert got["video_label_baseline"] == "class_2"
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-out")
+    cache = tmp_path_factory.mktemp("bench-cache")
+    code = run.main(["--smoke", "--output", str(out), "--cache", str(cache)])
+    return code, out
+
+
+def test_smoke_run_of_every_section_writes_the_report(smoke_report):
+    code, out = smoke_report
+    raw = json.loads((out / "results.json").read_text())
+    errors = {k: s["error"] for k, s in raw["sections"].items() if s["error"]}
+    assert errors == {}
+    assert code == 0
+    assert list(raw["sections"]) == list(run.SECTIONS)
+    assert raw["profile"] == SMOKE.name
+    text = (out / "RESULTS.md").read_text()
+    for key in ("## Machine", "## Targets", "CPU", "onnxruntime", *(m.TITLE for m in run.SECTIONS.values())):
+        assert key in text
+    figures = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert {"inference.png", "overhead.png", "decode.png", "latency.png", "original.png", "memory.png"} <= set(figures)
+    for name in figures:
+        assert (out / name).stat().st_size > 1000
+
+
+def test_smoke_run_measures_what_each_section_promises(smoke_report):
+    _, out = smoke_report
+    sections = json.loads((out / "results.json").read_text())["sections"]
+    timings = sections["inference"]["data"]["timings"]
+    cell = next(iter(timings.values()))["batches"]
+    assert set(next(iter(cell.values()))["ms_per_clip"]) == {"torch", "ort-fp32", "ort-int8"}
+    assert sections["overhead"]["data"]["runs"][0]["predictions"] == SMOKE.overhead_predictions
+    assert all(r["frames"] == r["decoded"] for runs in sections["decode"]["data"]["runs"].values() for r in runs)
+    assert len(sections["latency"]["data"]["models"]) == len(SMOKE.latency_costs_ms)
+    assert sections["original"]["data"]["labels"]["every1"]["raw_compared"] > 0
+    assert len(sections["memory"]["data"]["samples"]) >= 2
+    assert sections["gpu"]["data"]["providers"]  # every GPU provider probed, working or not
