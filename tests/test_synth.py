@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 
@@ -72,7 +73,7 @@ def test_videos_hold_several_segments_with_idle_frames_between(dataset):
         frames = sorted((dataset / "train").glob(f"*/{video}/frame_*.jpg"))
         assert [f.name for f in frames] == [f"frame_{i:010d}.jpg" for i in range(1, len(frames) + 1)]
         covered = set()
-        for (_, stop), (start, _) in zip(spans, spans[1:]):
+        for (_, stop), (start, _) in itertools.pairwise(spans):
             assert start > stop + 1  # an idle gap
         for start, stop in spans:
             covered |= set(range(start, stop + 1))
