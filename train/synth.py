@@ -485,9 +485,9 @@ def generate_dataset(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    videos: int = 80,
+    videos: int = 240,
     val_videos: int | None = None,
-    segments: int = 12,
+    segments: int = 4,
     size: int = DEFAULT_SIZE,
     fps: float = DEFAULT_FPS,
     aspect: float = 4 / 3,
@@ -579,7 +579,7 @@ class _progress:
 # The demo video.
 
 DEMO_SEQUENCE: tuple[tuple[str, float], ...] = (
-    ("slide", 5.0), ("approach", 3.5), ("recede", 3.5), ("slide", 5.0),
+    ("slide", 7.0), ("approach", 3.5), ("recede", 3.5), ("slide", 7.0),
     ("recede", 3.5), ("approach", 3.5),
 )
 
@@ -593,13 +593,14 @@ def render_sequence_video(
     fps: float = DEFAULT_FPS,
     background: str = "unseen",
     aspect: float = 4 / 3,
-    idle_seconds: float = 1.0,
+    idle_seconds: float = 1.5,
 ) -> list[ActionSpan]:
     """Write an mp4v video that plays ``segments`` ((action, seconds) pairs) in order and return
     their ground truth (0-based frame numbers, like epic-stream's ``frame_index``).
 
-    Idle background plays for ``idle_seconds`` before, between and after the actions; each
-    action is one object, slowed down if need be to stay in view (MAX_TRAVEL, MAX_SWING). With
+    ``idle_seconds`` of stillness come before, between and after the actions (long enough that
+    a live 1 s clip at an action's start does not reach back to the previous action). Objects
+    are kept in view (see :func:`_objects_in_view`). With
     ``background="unseen"`` the background and the objects use texture families that no training
     video has (Voronoi cells, rings, plaid: UNSEEN_TEXTURES); ``"seen"`` uses the training
     families. The ground truth is also written next to the video as ``<path>.json``.
@@ -656,12 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="dataset folder to write (layout A)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    parser.add_argument("--videos", type=int, default=80,
-                        help="training videos (default: 80); validation gets a third as many")
+    parser.add_argument("--videos", type=int, default=240,
+                        help="training videos (default: 240); validation gets a third as many")
     parser.add_argument("--val-videos", type=int, default=None,
                         help="validation videos (default: a third of --videos)")
-    parser.add_argument("--segments", type=int, default=12,
-                        help="actions per video (default: 12)")
+    parser.add_argument("--segments", type=int, default=4,
+                        help="actions per video (default: 4)")
     parser.add_argument("--size", type=int, default=None,
                         help=f"frame height in pixels, frames are 4:3 (default: {DEFAULT_SIZE} for "
                         "the dataset, 240 for the demo video)")
