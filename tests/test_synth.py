@@ -10,6 +10,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from train import synth
 
@@ -79,32 +80,31 @@ def test_videos_hold_several_segments_with_idle_frames_between(dataset):
             covered |= set(range(start, stop + 1))
         idle = [i for i in range(1, len(frames) + 1) if i not in covered]
         assert idle
-        # Idle frames show the background alone: no object-bright pixels.
-        frame = cv2.imread(str(frames[idle[0] - 1]))
-        assert object_mask(frame).mean() < 0.01
+        # Nothing moves while idle: the next object waits, still, in its first pose.
+        gap = [i for i in idle if i + 1 in idle and i > 1]
+        first, second = (cv2.imread(str(frames[i - 1])) for i in (gap[0], gap[0] + 1))
+        assert np.array_equal(first, second)
 
 
 def test_frames_move_as_labelled(dataset):
-    """Within a segment the object slides left or right, or grows, or shrinks, as its label says."""
+    """Within a segment the object slides sideways, or grows, or shrinks, as its label says."""
     _, rows = read_rows(dataset / "train_action_classes.csv")
     _, val = read_rows(dataset / "val_action_classes.csv")
-    step = 8  # frames apart; the first object of a segment lasts at least 1.3 s (18 frames)
     for split, row in [("train", r) for r in rows] + [("val", r) for r in val]:
         folder = dataset / split / row["participant_id"] / row["video_id"]
-        start = int(row["start_frame"])
+        # Around the middle of the action, where a path is centred: the object is in view.
+        middle = (int(row["start_frame"]) + int(row["stop_frame"])) // 2
         masks = [
             object_mask(cv2.imread(str(folder / f"frame_{i:010d}.jpg")))
-            for i in (start + 2, start + 2 + step)
+            for i in (middle - 4, middle + 4)
         ]
         areas = [m.sum() for m in masks]
         centres = [np.nonzero(m)[1].mean() for m in masks]
         action = row["action_class"].strip()
         shift = (centres[1] - centres[0]) / 48
         growth = areas[1] / areas[0]
-        if action == "move right":
-            assert shift > 0.05 and 0.7 < growth < 1.4, (row, shift, growth)
-        elif action == "move left":
-            assert shift < -0.05 and 0.7 < growth < 1.4, (row, shift, growth)
+        if action == "slide":
+            assert abs(shift) > 0.1 and 0.8 < growth < 1.25, (row, shift, growth)
         elif action == "approach":
             assert growth > 1.2, (row, growth)
         else:
@@ -122,9 +122,16 @@ def _frame_features(frame: np.ndarray) -> np.ndarray:
     return np.concatenate([shape, coarse]).astype(np.float32)
 
 
-def _instances(seed: int, count: int, frame_pairs: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Features of one frame (or of a frame 8 apart and their difference) per random instance."""
+def _instances(seed: int, count: int, view: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per random instance, features of what a classifier is shown: ``view`` is
+
+    * "any frame": one frame from anywhere in the action;
+    * "first of clip": the first frame of a 1 s clip placed at random in the action, the way
+      training samples clips;
+    * "two frames": the first and last frames of such a clip (and their difference).
+    """
     rng = np.random.default_rng(seed)
+    span = round(synth.CLIP_SECONDS * synth.DEFAULT_FPS)
     feats, labels = [], []
     for _ in range(count):
         label = int(rng.integers(len(synth.ACTIONS)))
@@ -132,12 +139,15 @@ def _instances(seed: int, count: int, frame_pairs: bool) -> tuple[np.ndarray, np
         inst = synth.draw_instance(rng, synth.ACTIONS[label], frames, synth.DEFAULT_FPS)
         family = str(rng.choice(synth.SEEN_TEXTURES))
         bg = synth.coloured_texture(rng, family, 32, 32, synth.BACKGROUND_LUMA)
-        i = int(rng.integers(0, frames - 8))
-        first = _frame_features(synth.composite(bg, inst, i))
-        if frame_pairs:
-            last = _frame_features(synth.composite(bg, inst, i + 8))
-            first = np.concatenate([first, last, last - first])
-        feats.append(first)
+        if view == "any frame":
+            feat = _frame_features(synth.composite(bg, inst, int(rng.integers(0, frames))))
+        else:
+            first = int(rng.integers(0, frames - span))
+            feat = _frame_features(synth.composite(bg, inst, first))
+            if view == "two frames":
+                last = _frame_features(synth.composite(bg, inst, first + span))
+                feat = np.concatenate([feat, last, last - feat])
+        feats.append(feat)
         labels.append(label)
     return np.stack(feats), np.array(labels)
 
@@ -159,20 +169,24 @@ def _logistic_regression(x, y, x_test, classes: int, steps: int = 1500) -> np.nd
     return (x_test @ w + b).argmax(1)
 
 
-@pytest.mark.parametrize("frame_pairs", [False, True], ids=["one frame", "two frames"])
-def test_one_frame_cannot_tell_the_classes_apart(frame_pairs):
-    """A classifier on one frame's position, size and coarse look stays at chance (0.25).
+# Accuracy bounds on 600 test items (chance 1/3, standard error about 0.02).
+@pytest.mark.parametrize(
+    ("view", "low", "high"),
+    [("any frame", 0.0, 0.40), ("first of clip", 0.0, 0.55), ("two frames", 0.8, 1.0)],
+)
+def test_one_frame_cannot_tell_the_classes_apart(view, low, high):
+    """A classifier on one frame's object position, size and coarse look.
 
-    The same classifier given two frames of the clip reads the motion easily: the features carry
-    what the model needs, and the single frame is what lacks it.
+    Any frame of an action: chance. The first frame of a clip: somewhat above chance, and
+    necessarily so: an approaching object is, on average, smaller at the start of a clip than
+    at its end (docs/demo-model.md explains why any task a model learns this fast has such a
+    cue). That is far from the 0.9 the demo model reaches, which needs the change. Two frames
+    of the clip read it easily: the features carry what is needed, one frame is what lacks it.
     """
-    x, y = _instances(seed=1, count=700, frame_pairs=frame_pairs)
-    x_test, y_test = _instances(seed=2, count=500, frame_pairs=frame_pairs)
+    x, y = _instances(seed=1, count=900, view=view)
+    x_test, y_test = _instances(seed=2, count=600, view=view)
     accuracy = (_logistic_regression(x, y, x_test, len(synth.ACTIONS)) == y_test).mean()
-    if frame_pairs:
-        assert accuracy > 0.8
-    else:
-        assert accuracy < 0.33  # chance is 0.25; 500 test items give a standard error of 0.02
+    assert low <= accuracy <= high, accuracy
 
 
 def test_generation_is_seeded(tmp_path):
@@ -193,7 +207,7 @@ def test_timestamp_format():
 
 def test_sequence_video_matches_its_ground_truth(tmp_path):
     path = tmp_path / "demo.mp4"
-    plan = [("move left", 2.0), ("approach", 3.0), ("recede", 2.0)]
+    plan = [("slide", 2.0), ("approach", 3.0), ("recede", 2.0)]
     spans = synth.render_sequence_video(path, plan, seed=1, size=48, fps=10, idle_seconds=0.5)
     assert [s.action for s in spans] == [a for a, _ in plan]
     assert [s.stop_frame - s.start_frame + 1 for s in spans] == [20, 30, 20]
@@ -212,10 +226,13 @@ def test_sequence_video_matches_its_ground_truth(tmp_path):
         frames.append(ok_frame[1])
     assert len(frames) == truth["frames"] == 5 + 20 + 5 + 30 + 5 + 20 + 5
     assert frames[0].shape == (48, 64, 3)
-    # The object is there during actions and gone in the idle gaps (mp4v blurs edges a little).
-    assert object_mask(frames[2]).mean() < 0.02
-    mid = (spans[1].start_frame + spans[1].stop_frame) // 2
-    assert object_mask(frames[mid]).mean() > 0.02
+    # Objects move during actions and stand still in the idle gaps (mp4v is lossy: compare the
+    # object masks), and the approaching object grows.
+    still = [object_mask(f) for f in frames[25:30]]
+    assert all((m != still[0]).mean() < 0.01 for m in still)
+    areas = [object_mask(frames[i]).sum() for i in (spans[1].start_frame, spans[1].stop_frame)]
+    assert areas[1] > 3 * areas[0] > 0
+    assert object_mask(frames[-1]).mean() < 0.01  # the video ends on the background alone
 
 
 def test_cli_writes_dataset_and_demo_video(tmp_path, capsys):
@@ -239,3 +256,21 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert "not empty" in err and err.count("\n") == 1
     assert synth.main(["--out", str(tmp_path / "new"), "--size", "4"]) == 2
     assert "size must be at least" in capsys.readouterr().err
+
+
+def test_data_module_reads_the_dataset(dataset):
+    """The real loader takes the synthetic data as it takes EPIC's: one item per CSV row."""
+    from train.data import EpicKitchensDataModule
+
+    data = EpicKitchensDataModule(
+        str(dataset), num_frames=8, image_size=48, clip_seconds=synth.CLIP_SECONDS,
+        fps=synth.DEFAULT_FPS, batch_size=4, num_workers=0,
+    )
+    assert data.class_names == list(synth.ACTIONS)
+    data.setup("fit")
+    assert len(data.train_dataloader().dataset) == 3 * 4
+    frames, labels = next(iter(data.val_dataloader()))
+    assert frames.shape == (4, 8, 48, 48, 3) and frames.dtype == torch.uint8
+    _, rows = read_rows(dataset / "val_action_classes.csv")
+    expected = [synth.ACTIONS.index(r["action_class"].strip()) for r in rows[:4]]
+    assert labels.tolist() == expected

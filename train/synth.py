@@ -3,23 +3,25 @@
 No dataset can be downloaded where this project is built and tested, so the demo model learns a
 task drawn here. Its classes are motions of a textured object over a textured background:
 
-* ``move left`` / ``move right``: the object slides sideways;
+* ``slide``: the object slides sideways (to the left or to the right);
 * ``approach`` / ``recede``: the object grows or shrinks, as if it came closer or went away.
 
 A single frame cannot tell these apart. Every property a frame shows is drawn independently of
 the class from the same distribution: the background, the object's shape, texture, colours and
 rotation, where it is and how big it is. Positions and sizes are matched per frame, not only at the
-start: a sliding object's path is centred on a random point, and an approaching object sits at a
-random point of such a path; a sliding object keeps a size drawn from the same log-uniform range
-that a growing one sweeps through. Only the change between frames says which action it is.
+start: a sliding object's path is centred on a random point, and a zooming object sits at a random
+point of such a path; a sliding object keeps a size drawn from the same log-uniform range that a
+zooming one sweeps through. Only the change between frames says which action it is.
 
-What makes it learnable quickly (see docs/demo-model.md): the object is large (a third of the
-frame or more) and textured all over, so many patch tokens of every frame see it move, not only
-the ones on its outline; it moves a few pixels per sampled frame, less than a patch, so its
-texture translates or scales smoothly under each patch; and frames are written at the model's
-resolution, so decoding them costs almost nothing.
+What makes it learnable quickly, and why left and right are one class (docs/demo-model.md): the
+object is large (a third of the frame or more) and always brighter than the background, so "how
+much of the frame is object" is a linear function of the pixels and its trend over the clip tells
+approach from recede within ~150 steps; a sliding object keeps that amount constant while its
+pixels change. Telling left from right needs the product of where and when, which a small
+TimeSformer from scratch finds only after 250 to 600+ steps depending on the seed. Frames are
+written at the model's resolution, so decoding them costs almost nothing.
 
-Everything is drawn in units of the frame's short side, so a video rendered at 256 pixels and
+Everything is drawn in units of the frame's short side, so a video rendered at 240 pixels and
 shrunk by :func:`stream.preprocess.resize_and_crop` looks like one rendered at the model's size.
 """
 
@@ -39,8 +41,7 @@ import numpy as np
 
 from stream.errors import EpicError, OptionError, OutputError
 
-ACTIONS: tuple[str, ...] = ("move left", "move right", "approach", "recede")
-LATERAL = ("move left", "move right")
+ACTIONS: tuple[str, ...] = ("slide", "approach", "recede")
 
 # Texture families. Training and validation videos use the first set; the demo video's background
 # uses the second, which no training video has, so the demo shows the model generalising past the
@@ -49,11 +50,15 @@ SEEN_TEXTURES: tuple[str, ...] = ("noise", "stripes", "checker", "dots")
 UNSEEN_TEXTURES: tuple[str, ...] = ("cells", "rings", "plaid")
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "diamond", "hexagon", "star")
 
-# Motion, in units of the frame's short side and per second of video. With the default clip of
-# CLIP_SECONDS a sliding object travels 0.3-0.5 of the frame and a zooming one changes its size
-# by a factor 1.6-2.3: several pixels per sampled frame at 64 pixels, less than a 16-pixel patch.
-SPEED_RANGE = (0.30, 0.50)  # short sides per second, sideways
-ZOOM_RANGE = (math.log(1.6), math.log(2.3))  # log size change per second
+# Motion, in units of the frame's short side and per second of video. Over a clip of
+# CLIP_SECONDS a sliding object travels 0.35-0.6 of the frame and a zooming one changes its size
+# by a factor 1.4-2.3: a few pixels per sampled frame at 64 pixels, less than a 16-pixel patch.
+SPEED_RANGE = (0.35, 0.60)  # short sides per second, sideways
+ZOOM_RANGE = (math.log(1.4), math.log(2.3))  # log size change per second
+# A long action slows down to stay in view: at most this far, or this much bigger or smaller.
+MAX_TRAVEL = 1.3  # short sides
+MAX_SWING = math.log(9.0)
+DEMO_RADII = (0.14, 0.5)  # a demo object's radius at the start and end of approach / recede
 RADIUS_RANGE = (0.16, 0.34)  # object radius, short sides, log-uniform (middle of its instance)
 CLIP_SECONDS = 1.0
 # The object is always brighter than the background (luma ranges that do not overlap), as a
@@ -215,6 +220,8 @@ def draw_instance(
     aspect: float = 1.0,
     families: Sequence[str] = SEEN_TEXTURES,
     sprite_px: int = 96,
+    centre: tuple[float, float] | None = None,
+    radius: float | None = None,
 ) -> Instance:
     """Draw an object performing ``action`` for ``frames`` frames in a frame ``aspect`` (w/h) wide.
 
@@ -222,20 +229,26 @@ def draw_instance(
     sideways offset of a still-centred (zooming) object is drawn from the same uniform spread a
     sliding object sweeps, and the log-size of a sliding object from the same range a zooming one
     sweeps. Paths are centred in the frame's central square, the part that
-    :func:`stream.preprocess.resize_and_crop` keeps.
+    :func:`stream.preprocess.resize_and_crop` keeps. ``centre`` (x, y in short sides) and
+    ``radius`` (at the middle of the action) pin those draws, for a demo that must stay in view.
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; choose one of {ACTIONS}")
-    speed = rng.uniform(*SPEED_RANGE) / fps
-    zoom_rate = rng.uniform(*ZOOM_RANGE) / fps
-    travel = speed * (frames - 1)  # how far a sliding object goes
-    swing = zoom_rate * (frames - 1)  # how much a zooming object's log-radius changes
+    steps = max(1, frames - 1)
+    speed = min(rng.uniform(*SPEED_RANGE) / fps, MAX_TRAVEL / steps)
+    zoom_rate = min(rng.uniform(*ZOOM_RANGE) / fps, MAX_SWING / steps)
+    travel = speed * steps  # how far a sliding object goes
+    swing = zoom_rate * steps  # how much a zooming object's log-radius changes
     cx = (aspect - 1) / 2 + rng.uniform(0.25, 0.75)
     cy = rng.uniform(0.3, 0.7)
     log_r = rng.uniform(math.log(RADIUS_RANGE[0]), math.log(RADIUS_RANGE[1]))
+    if centre is not None:
+        cx, cy = centre
+    if radius is not None:
+        log_r = math.log(radius)
     velocity = zoom = 0.0
-    if action in LATERAL:
-        velocity = speed if action == "move right" else -speed
+    if action == "slide":
+        velocity = speed if rng.uniform() < 0.5 else -speed
         log_r += swing * rng.uniform(-0.5, 0.5)
     else:
         zoom = zoom_rate if action == "approach" else -zoom_rate
@@ -280,15 +293,11 @@ class ActionSpan:
 
 @dataclass(frozen=True)
 class Step:
-    """One stretch of a video's plan: ``action`` (None: idle) done by objects lasting ``instances``
-    frames each, one after another (an idle stretch has one entry, its length)."""
+    """One stretch of a video's plan: one object doing ``action`` for ``frames`` frames, or the
+    background alone (``action`` None)."""
 
     action: str | None
-    instances: tuple[int, ...]
-
-    @property
-    def frames(self) -> int:
-        return sum(self.instances)
+    frames: int
 
 
 def render_frames(
@@ -298,23 +307,83 @@ def render_frames(
     width: int,
     fps: float,
     families: Sequence[str] = SEEN_TEXTURES,
+    centred: bool = False,
 ) -> Iterator[np.ndarray]:
     """The frames (uint8 BGR [height, width, 3]) of a video that follows ``plan``.
 
-    One background for the whole video, like one kitchen per EPIC video; a new object for every
-    instance. Idle stretches show the background alone.
+    One background for the whole video, like one kitchen per EPIC video; new objects for every
+    action. In an idle stretch nothing moves: the next action's object already waits, still, in
+    its first pose (the background alone at the end of the video). So an action starts with
+    motion, not with an object popping up, and a live clip that reaches back into the idle
+    stretch sees a still object start to move. ``centred`` puts every path near the middle of
+    the frame, with a middling size, so that long actions stay in view.
     """
     background = coloured_texture(rng, str(rng.choice(families)), height, width, BACKGROUND_LUMA)
-    idle = np.clip(background + 0.5, 0, 255).astype(np.uint8)
+    aspect = width / height
+    actions = []
     for step in plan:
         if step.action is None:
+            actions.append(None)
+        elif centred:
+            actions.append(_objects_in_view(rng, step.action, step.frames, fps, aspect, families))
+        else:
+            actions.append([(0, draw_instance(rng, step.action, step.frames, fps, aspect, families))])
+
+    def frame_of(objects: list[tuple[int, Instance]], i: int) -> np.ndarray:
+        frame = background
+        for start, inst in objects:
+            if 0 <= i - start < inst.frames:
+                frame = composite(frame, inst, i - start).astype(np.float32)
+        return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+
+    for k, (step, objects) in enumerate(zip(plan, actions, strict=True)):
+        if objects is None:
+            upcoming = next((a for a in actions[k + 1 :] if a is not None), None)
+            still = frame_of(upcoming or [], 0)
             for _ in range(step.frames):
-                yield idle
+                yield still
             continue
-        for frames in step.instances:
-            inst = draw_instance(rng, step.action, frames, fps, width / height, families)
-            for i in range(frames):
-                yield composite(background, inst, i)
+        for i in range(step.frames):
+            yield frame_of(objects, i)
+
+
+def _objects_in_view(
+    rng: np.random.Generator, action: str, frames: int, fps: float, aspect: float,
+    families: Sequence[str],
+) -> list[tuple[int, Instance]]:
+    """(first frame, object) pairs that show ``action`` for ``frames`` frames, always in view.
+
+    A zooming object sits near the middle and zooms between the DEMO_RADII: an action of 3.5 s
+    then zooms by a factor 1.44 per second, a training rate; much longer ones would zoom slower
+    than any training clip.
+    Sideways, one object would leave the frame within seconds, so objects
+    file past one after another at training speeds, each crossing the central square from edge
+    to edge, the next one entering before the last has left (the first one already in view).
+    """
+    if action != "slide":
+        # From DEMO_RADII[0] to DEMO_RADII[1] (or back) over the whole action: the sizes that
+        # training clips show most, at the zoom rate the action's length allows.
+        jitter = rng.uniform(-0.08, 0.08, 2)
+        swing = math.log(DEMO_RADII[1] / DEMO_RADII[0])
+        zoom = swing / max(1, frames - 1) * (1 if action == "approach" else -1)
+        radius = math.sqrt(DEMO_RADII[0] * DEMO_RADII[1])
+        inst = Instance(action, frames, aspect / 2 + jitter[0], 0.5 + jitter[1], radius, 0.0,
+                        zoom, make_sprite(rng, 96, families))
+        return [(0, inst)]
+    objects, start = [], None
+    direction = 1 if rng.uniform() < 0.5 else -1  # one way for the whole action
+    while start is None or start < frames:
+        radius = rng.uniform(0.15, 0.22)
+        path = 1 + 2 * radius  # from just outside the central square to just outside its far side
+        length = round(path / rng.uniform(*SPEED_RANGE) * fps) + 1
+        velocity = path / (length - 1) * direction
+        sprite = make_sprite(rng, 96, families)
+        inst = Instance(action, length, aspect / 2, rng.uniform(0.35, 0.65), radius, velocity,
+                        0.0, sprite)
+        start = -round(0.35 * length) if start is None else start
+        objects.append((start, inst))
+        start += round(0.55 * length)
+    return objects
 
 
 def spans_of(plan: Sequence[Step], first_frame: int = 0) -> list[ActionSpan]:
@@ -335,17 +404,19 @@ def plan_video(
     rng: np.random.Generator,
     segments: int,
     fps: float,
-    instance_seconds: tuple[float, float] = (1.3, 2.5),
-    instances: tuple[int, int] = (1, 2),
+    action_seconds: tuple[float, float] = (1.3, 2.5),
     idle_seconds: tuple[float, float] = (0.3, 0.8),
 ) -> list[Step]:
-    """A random plan: idle, then ``segments`` actions of random classes, each followed by idle."""
-    plan = [Step(None, (_seconds_to_frames(rng, idle_seconds, fps),))]
+    """A random plan: idle, then ``segments`` actions of random classes, each followed by idle.
+
+    One object per action: a clip never shows one object vanish and another appear in its
+    place, a jump that would hide the motion (and the validation clip, centred in the action,
+    would often straddle it).
+    """
+    plan = [Step(None, _seconds_to_frames(rng, idle_seconds, fps))]
     for _ in range(segments):
-        count = int(rng.integers(instances[0], instances[1] + 1))
-        lengths = tuple(_seconds_to_frames(rng, instance_seconds, fps) for _ in range(count))
-        plan.append(Step(str(rng.choice(ACTIONS)), lengths))
-        plan.append(Step(None, (_seconds_to_frames(rng, idle_seconds, fps),)))
+        plan.append(Step(str(rng.choice(ACTIONS)), _seconds_to_frames(rng, action_seconds, fps)))
+        plan.append(Step(None, _seconds_to_frames(rng, idle_seconds, fps)))
     return plan
 
 
@@ -414,9 +485,9 @@ def generate_dataset(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    videos: int = 100,
+    videos: int = 240,
     val_videos: int | None = None,
-    segments: int = 12,
+    segments: int = 4,
     size: int = DEFAULT_SIZE,
     fps: float = DEFAULT_FPS,
     aspect: float = 4 / 3,
@@ -508,8 +579,8 @@ class _progress:
 # The demo video.
 
 DEMO_SEQUENCE: tuple[tuple[str, float], ...] = (
-    ("move right", 6.0), ("approach", 6.0), ("move left", 6.0), ("recede", 6.0),
-    ("approach", 5.0), ("move right", 5.0),
+    ("slide", 7.0), ("approach", 3.5), ("recede", 3.5), ("slide", 7.0),
+    ("recede", 3.5), ("approach", 3.5),
 )
 
 
@@ -522,15 +593,16 @@ def render_sequence_video(
     fps: float = DEFAULT_FPS,
     background: str = "unseen",
     aspect: float = 4 / 3,
-    idle_seconds: float = 1.0,
+    idle_seconds: float = 1.5,
 ) -> list[ActionSpan]:
     """Write an mp4v video that plays ``segments`` ((action, seconds) pairs) in order and return
     their ground truth (0-based frame numbers, like epic-stream's ``frame_index``).
 
-    Idle background plays for ``idle_seconds`` before, between and after the actions. Each action
-    is done by successive objects of 1.5-2.5 s, so a long action stays in view. With
+    ``idle_seconds`` of stillness come before, between and after the actions (long enough that
+    a live 1 s clip at an action's start does not reach back to the previous action). Objects
+    are kept in view (see :func:`_objects_in_view`). With
     ``background="unseen"`` the background and the objects use texture families that no training
-    video has (Voronoi cells, rings, plaid, see UNSEEN_TEXTURES); ``"seen"`` uses the training
+    video has (Voronoi cells, rings, plaid: UNSEEN_TEXTURES); ``"seen"`` uses the training
     families. The ground truth is also written next to the video as ``<path>.json``.
     """
     if background not in ("unseen", "seen"):
@@ -539,19 +611,12 @@ def render_sequence_video(
     families = UNSEEN_TEXTURES if background == "unseen" else SEEN_TEXTURES
     # Seeds in their own space (a leading 1): the demo never repeats a training video's draws.
     rng = _seed(1, seed)
-    idle = Step(None, (max(1, round(idle_seconds * fps)),))
+    idle = Step(None, max(1, round(idle_seconds * fps)))
     plan = [idle]
     for action, seconds in segments:
         if action not in ACTIONS:
             raise OptionError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
-        total, lengths = max(2, round(seconds * fps)), []
-        while total > 0:
-            n = min(total, _seconds_to_frames(rng, (1.5, 2.5), fps))
-            if total - n < round(fps):  # no sub-second leftover object at the end
-                n = total
-            lengths.append(n)
-            total -= n
-        plan += [Step(action, tuple(lengths)), idle]
+        plan += [Step(action, max(2, round(seconds * fps))), idle]
     path = Path(path)
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
@@ -560,7 +625,7 @@ def render_sequence_video(
     if not writer.isOpened():
         raise OutputError(f"cannot write video {path} (mp4v); check the name ends in .mp4")
     try:
-        for frame in render_frames(rng, plan, height, width, fps, families):
+        for frame in render_frames(rng, plan, height, width, fps, families, centred=True):
             writer.write(frame)
     finally:
         writer.release()
@@ -592,12 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="dataset folder to write (layout A)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    parser.add_argument("--videos", type=int, default=100,
-                        help="training videos (default: 100); validation gets a third as many")
+    parser.add_argument("--videos", type=int, default=240,
+                        help="training videos (default: 240); validation gets a third as many")
     parser.add_argument("--val-videos", type=int, default=None,
                         help="validation videos (default: a third of --videos)")
-    parser.add_argument("--segments", type=int, default=12,
-                        help="actions per video (default: 12)")
+    parser.add_argument("--segments", type=int, default=4,
+                        help="actions per video (default: 4)")
     parser.add_argument("--size", type=int, default=None,
                         help=f"frame height in pixels, frames are 4:3 (default: {DEFAULT_SIZE} for "
                         "the dataset, 240 for the demo video)")
