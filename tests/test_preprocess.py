@@ -40,3 +40,32 @@ def test_out_receives_the_same_pixels_as_the_returned_copy():
     result = resize_and_crop(frame, 48, out=out)
     assert result is out
     np.testing.assert_array_equal(out, resize_and_crop(frame, 48))
+
+
+def test_whole_number_shrink_is_the_box_average_of_the_centre_square():
+    # 360x480 -> 120: the centre 360x360 square, each output pixel the mean of a 3x3 block.
+    frame = np.random.default_rng(3).integers(0, 255, (360, 480, 3), dtype=np.uint8)
+    expected = frame[:, 60:420].reshape(120, 3, 120, 3, 3).astype(np.float64).mean(axis=(1, 3))
+    out = resize_and_crop(frame, 120)
+    assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
+
+
+@pytest.mark.parametrize(("h", "w", "size"), [(1080, 1920, 112), (720, 1280, 112), (1080, 1920, 224)])
+def test_fine_detail_is_averaged_not_aliased(h, w, size):
+    # One-pixel black/white checks carry no detail a 112 px crop can show: every output pixel
+    # must be the average grey. Point sampling (nearest, or bilinear on a fractional grid)
+    # would alias them into black, white or moire.
+    checks = ((np.indices((h, w)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    out = resize_and_crop(np.repeat(checks[..., None], 3, axis=2), size)
+    assert np.abs(out.astype(int) - 128).max() <= 2
+
+
+def test_crop_is_centred_on_the_source_grid():
+    # A one-pixel white column at the exact centre of a wide frame stays at the centre of the
+    # crop, after a shrink with a fractional factor.
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    frame[:, 959:961] = 255
+    out = resize_and_crop(frame, 112)
+    column = out[56].max(axis=1).astype(int)
+    assert np.argmax(column) in (55, 56)
+    assert abs(int(column[:56].sum()) - int(column[56:].sum())) <= 8

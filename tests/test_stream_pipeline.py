@@ -343,8 +343,25 @@ def test_a_stale_result_is_never_shown_as_fresh(tmp_path, probe, make_video, mon
     monkeypatch.setattr(stream.pipeline, "draw_overlay", draw)
     monkeypatch.setattr(stream.pipeline._Presenter, "_present", present)
     video = make_video("v.mp4", frames=75)
-    StreamPipeline(StreamOptions(source=str(video), model=probe, display=False, realtime=True)).run()
+    # Recorded, because a frame that nobody sees or records is not drawn at all.
+    StreamPipeline(
+        StreamOptions(source=str(video), model=probe, display=False, realtime=True, record=tmp_path / "out.mp4")
+    ).run()
     for frame_time, result_time, stale in shown:
         fresh = result_time is not None and frame_time - result_time <= stream.pipeline.STALE_AFTER_S
         assert stale is not fresh
     assert any(stale for *_, stale in shown) and any(not stale for *_, stale in shown)
+
+
+def test_headless_without_record_draws_nothing(tmp_path, probe, make_video, monkeypatch):
+    # Nobody sees the frames: drawing them would only slow a file down. With --record, the same
+    # stream draws every frame.
+    drawn = []
+    original = stream.pipeline.draw_overlay
+    monkeypatch.setattr(stream.pipeline, "draw_overlay", lambda frame, state: (drawn.append(1), original(frame, state)))
+    video = make_video("v.mp4", frames=20)
+    events_path = tmp_path / "e.jsonl"
+    assert main(["--source", str(video), "--model", str(probe), "--events", str(events_path), "--no-display"]) == 0
+    assert drawn == [] and read_events(events_path)[-1]["frames"] == 20
+    assert main(["--source", str(video), "--model", str(probe), "--record", str(tmp_path / "o.mp4"), "--no-display"]) == 0
+    assert len(drawn) == 20
