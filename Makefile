@@ -23,13 +23,13 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# About a minute after install: render an unseen test video, stream it through the committed
+# About 10 seconds after install: render an unseen test video, stream it through the committed
 # demo model, score the smoothed label against the ground truth, write the pictures.
 demo: install
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 # Rebuilds models/demo.onnx from nothing: seeded synthetic data -> configs/demo.yaml -> export of
-# the best checkpoint (the fit's own model.onnx). About ten minutes on 2 CPU cores.
+# the best checkpoint (the fit's own model.onnx). 4-5 minutes on 2 CPU cores.
 demo-model: install
 	rm -rf data/synth runs/demo
 	$(PY) -m train synth --out data/synth --seed 0
