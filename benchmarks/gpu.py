@@ -13,6 +13,7 @@ epic-stream (one process, one stream, batch 1), so that figure is not measured.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def gpu_session(path: Path, device: str, bench: Bench, **kw):
     # enable_fallback=0: raise rather than print an "EP Error" banner and retry on the CPU.
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers, enable_fallback=0)
     if session.get_providers()[0] != PROVIDERS[device]:
-        raise RuntimeError(f"the session fell back to {session.get_providers()[0]}")
+        raise RuntimeError(f"listed but not usable here: the session runs on {session.get_providers()[0]}")
     return session
 
 
@@ -83,9 +84,16 @@ def probe(bench: Bench) -> dict[str, str]:
             session.run(None, {"frames": random_clip(p.dial_frames, p.dial_size)})
             status[device] = "ok"
         except Exception as exc:  # ORT raises untyped errors for missing drivers and libraries
-            status[device] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            status[device] = _reason(exc)
     ort.set_default_logger_severity(3)
     return status
+
+
+def _reason(exc: Exception) -> str:
+    """ORT's first error line without its source-file prefix (``/onnxruntime_src/...cc:729 void f(...)``)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\S+\.(cc|h|cpp):\d+ [^(]*\([^)]*\)\s*", "", text)
+    return text[:300]
 
 
 def fp16_model(fp32: Path) -> Path:

@@ -25,6 +25,21 @@ def machine_table(machine: dict[str, Any]) -> str:
     return md_table(["", ""], rows)
 
 
+def _load_note(machine: dict[str, Any], sections: list[SectionResult]) -> list[str]:
+    loads = [x for s in sections if s.load for x in s.load]
+    cores = machine.get("logical_cores") or 1
+    if not loads or max(loads) < 0.5 * cores + 0.5:
+        return []
+    return [
+        f"**This run shared the machine**: the 1-minute load average was {min(loads):.1f}–"
+        f"{max(loads):.1f} on {cores} cores while it ran, so absolute times are pessimistic "
+        "(torch eager, whose threads wait for each other at every operation, suffers most); the "
+        "within-run ratios are the figures to trust. Rerun `make bench` on an idle machine for "
+        "absolute numbers.",
+        "",
+    ]
+
+
 def render(
     profile: Profile, machine: dict[str, Any], sections: list[SectionResult], total_s: float
 ) -> str:
@@ -42,6 +57,7 @@ def render(
         "runs, because absolute times on a shared machine drift. The load average beside each "
         "section says how busy the machine was.",
         "",
+        *_load_note(machine, sections),
         "## Machine",
         "",
         machine_table(machine),
