@@ -42,10 +42,10 @@ def test_out_receives_the_same_pixels_as_the_returned_copy():
     np.testing.assert_array_equal(out, resize_and_crop(frame, 48))
 
 
-def test_whole_number_shrink_is_the_box_average_of_the_centre_square():
-    # 360x480 -> 120: the centre 360x360 square, each output pixel the mean of a 3x3 block.
-    frame = np.random.default_rng(3).integers(0, 255, (360, 480, 3), dtype=np.uint8)
-    expected = frame[:, 60:420].reshape(120, 3, 120, 3, 3).astype(np.float64).mean(axis=(1, 3))
+def test_power_of_two_shrink_is_the_box_average_of_the_centre_square():
+    # 480x640 -> 120: the centre 480x480 square, each output pixel the mean of a 4x4 block.
+    frame = np.random.default_rng(3).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    expected = frame[:, 80:560].reshape(120, 4, 120, 4, 3).astype(np.float64).mean(axis=(1, 3))
     out = resize_and_crop(frame, 120)
     assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
 
