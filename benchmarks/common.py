@@ -214,6 +214,7 @@ class SectionResult:
     seconds: float = 0.0
     error: str | None = None
     load: tuple[float, float] | None = None  # 1-minute load average before and after
+    others: float | None = None  # share of the machine's CPU that other processes used meanwhile
 
 
 # -- the run's context ------------------------------------------------------------------------------
@@ -315,6 +316,37 @@ def load_average() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """A moment's CPU accounting: wall clock, CPU seconds every process on the machine has used,
+    and CPU seconds this process and its finished children have used."""
+
+    wall: float
+    machine: float
+    own: float
+
+    @classmethod
+    def now(cls) -> CpuReading:
+        import psutil
+
+        t = psutil.cpu_times()
+        # guest time is already inside user/nice; steal is time this VM did not get at all.
+        busy = sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+        mine = os.times()
+        return cls(time.monotonic(), busy, mine.user + mine.system + mine.children_user + mine.children_system)
+
+    def others_since(self, start: CpuReading) -> float:
+        """Share of the machine's CPU (0-1) that other processes used between ``start`` and this.
+
+        The load average cannot say this: the benchmark's own threads keep it near the core
+        count. Children still running are not counted yet, so read it between sections."""
+        wall = self.wall - start.wall
+        cores = os.cpu_count() or 1
+        if wall <= 0:
+            return 0.0
+        return max(0.0, ((self.machine - start.machine) - (self.own - start.own)) / (wall * cores))
 
 
 def machine_info() -> dict[str, Any]:

@@ -9,6 +9,9 @@ from typing import Any
 
 from benchmarks.common import Profile, SectionResult, md_table
 
+# Other processes taking more than this share of the CPU make absolute times unreliable.
+SHARED_ABOVE = 0.10
+
 
 def machine_table(machine: dict[str, Any]) -> str:
     rows = [
@@ -26,16 +29,22 @@ def machine_table(machine: dict[str, Any]) -> str:
 
 
 def _load_note(machine: dict[str, Any], sections: list[SectionResult]) -> list[str]:
-    loads = [x for s in sections if s.load for x in s.load]
-    cores = machine.get("logical_cores") or 1
-    if not loads or max(loads) < 0.5 * cores + 0.5:
+    shares = [s.others for s in sections if s.others is not None]
+    if not shares:
         return []
+    worst = max(shares)
+    if worst < SHARED_ABOVE:
+        return [
+            f"The machine was otherwise idle: other processes used at most {worst:.0%} of its CPU "
+            "during any section (system CPU time minus the benchmark's own, from /proc/stat). The "
+            "load averages beside each section count the benchmark's own threads.",
+            "",
+        ]
     return [
-        f"**This run shared the machine**: the 1-minute load average was {min(loads):.1f}–"
-        f"{max(loads):.1f} on {cores} cores while it ran, so absolute times are pessimistic "
-        "(torch eager, whose threads wait for each other at every operation, suffers most); the "
-        "within-run ratios are the figures to trust. Rerun `make bench` on an idle machine for "
-        "absolute numbers.",
+        f"**This run shared the machine**: other processes used up to {worst:.0%} of its CPU during "
+        "a section (the share beside each section), so absolute times are pessimistic (torch eager, "
+        "whose threads wait for each other at every operation, suffers most); the within-run "
+        "ratios are the figures to trust. Rerun `make bench` on an idle machine for absolute numbers.",
         "",
     ]
 
@@ -54,8 +63,8 @@ def render(
         "How to read it: each figure is the **median over several runs, with the min–max spread in "
         "brackets** (`12.3 [11.9–12.8]`). A comparison (speed-up, overhead, ratio) is computed "
         "within one run, from two things measured seconds apart, and then summarised over the "
-        "runs, because absolute times on a shared machine drift. The load average beside each "
-        "section says how busy the machine was.",
+        "runs, because absolute times on a shared machine drift. Beside each section: how much of "
+        "the CPU other processes took meanwhile.",
         "",
         *_load_note(machine, sections),
         "## Machine",
@@ -80,8 +89,10 @@ def render(
                  if target_rows else "No targets were evaluated.")
     for section in sections:
         load = ""
+        if section.others is not None:
+            load += f" Other processes used {section.others:.0%} of the CPU."
         if section.load:
-            load = f" Load average {section.load[0]:.1f} before, {section.load[1]:.1f} after."
+            load += f" Load average {section.load[0]:.1f} before, {section.load[1]:.1f} after."
         lines += ["", f"## {section.title}", "", f"_Took {section.seconds:.0f} s.{load}_", ""]
         if section.error:
             lines += ["**This section failed:**", "", "```", section.error.strip(), "```", ""]
@@ -104,7 +115,8 @@ def write(
         "machine": machine,
         "total_s": total_s,
         "sections": {
-            s.key: {"title": s.title, "seconds": s.seconds, "load": s.load, "error": s.error,
+            s.key: {"title": s.title, "seconds": s.seconds, "load": s.load, "others_cpu": s.others,
+                    "error": s.error,
                     "targets": [t.__dict__ for t in s.targets], "headline": s.headline,
                     "data": s.data}
             for s in sections

@@ -30,6 +30,7 @@ from benchmarks.common import (
     DEFAULT_CACHE,
     PROFILES,
     Bench,
+    CpuReading,
     SectionResult,
     load_average,
     machine_info,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_section(bench: Bench, key: str) -> SectionResult:
     module = SECTIONS[key]
     before = load_average()
+    cpu = CpuReading.now()
     start = time.perf_counter()
     try:
         result = module.run(bench)
@@ -77,6 +79,7 @@ def run_section(bench: Bench, key: str) -> SectionResult:
         result = SectionResult(key, module.TITLE, error=traceback.format_exc(limit=-4))
     result.seconds = time.perf_counter() - start
     result.load = (before, load_average())
+    result.others = CpuReading.now().others_since(cpu)
     return result
 
 

@@ -4,6 +4,10 @@ completes and writes a report. Sizes are tiny and nothing here asserts on timing
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections import deque
 
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks import baseline_original, memory, original, run
-from benchmarks.common import SMOKE, Stats, Target
+from benchmarks.common import SMOKE, CpuReading, Stats, Target
 from benchmarks.footage import structured_clips
 from benchmarks.models import DIAL_CLASSES, dial_proto, write_dial
 from stream.contract import load_contract
@@ -112,6 +116,10 @@ def test_smoke_run_of_every_section_writes_the_report(smoke_report):
     text = (out / "RESULTS.md").read_text()
     for key in ("## Machine", "## Targets", "CPU", "onnxruntime", *(m.TITLE for m in run.SECTIONS.values())):
         assert key in text
+    # Each section says how much of the CPU other processes took meanwhile.
+    shares = [s["others_cpu"] for s in raw["sections"].values()]
+    assert all(0.0 <= x <= 1.0 for x in shares)
+    assert text.count("Other processes used") == len(run.SECTIONS)
     figures = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert {"inference.png", "overhead.png", "decode.png", "latency.png", "original.png", "memory.png"} <= set(figures)
     for name in figures:
@@ -130,3 +138,20 @@ def test_smoke_run_measures_what_each_section_promises(smoke_report):
     assert sections["original"]["data"]["labels"]["every1"]["raw_compared"] > 0
     assert len(sections["memory"]["data"]["samples"]) >= 2
     assert sections["gpu"]["data"]["providers"]  # every GPU provider probed, working or not
+
+
+def test_cpu_share_counts_other_processes_not_the_benchmark_itself():
+    # RESULTS.md says whether the machine was shared from this figure, so it must see a busy
+    # neighbour and must not mistake the benchmark's own work (here a busy child) for one.
+    cores = os.cpu_count() or 1
+    spin = [sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"]
+    start = CpuReading.now()
+    subprocess.run(spin, check=True)  # our own child: finished, so counted as ours
+    own = CpuReading.now().others_since(start)
+    neighbour = subprocess.Popen(spin, start_new_session=True)
+    start = CpuReading.now()
+    time.sleep(1.2)
+    other = CpuReading.now().others_since(start)
+    neighbour.wait()
+    assert own < 0.5 / cores
+    assert other > 0.6 / cores
