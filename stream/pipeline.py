@@ -204,6 +204,8 @@ class StreamPipeline:
         self._runner: Runner | None = None
         self._finalizing = False
         self._signalled: int | None = None
+        self._deferring = False  # inside uninterrupted(): a signal waits for its end
+        self._deferred: int | None = None
 
     def say(self, message: str) -> None:
         self.console.print(f"epic-stream: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -402,6 +404,19 @@ class StreamPipeline:
     # -- signals ---------------------------------------------------------------------------------
 
     @contextmanager
+    def uninterrupted(self):
+        """A signal that comes inside this block is raised at its end, so that the block's steps
+        happen together or not at all (a frame is recorded, noted and counted, or none of it)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._deferred is not None:
+            signum, self._deferred = self._deferred, None
+            raise Interrupted(signum)
+
+    @contextmanager
     def _signals(self):
         """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once; a signal that
         comes while the outputs are being finalized is noted and does not cut that short."""
@@ -414,6 +429,9 @@ class StreamPipeline:
                 self._signalled = self._signalled or signum
                 return
             self._signalled = signum
+            if self._deferring:
+                self._deferred = signum
+                return
             raise Interrupted(signum)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -516,10 +534,12 @@ class _Presenter:
                     source_name=self.source_name,
                 ),
             )
-        if self.recorder is not None:
-            self.recorder.write(image, info.time_s)
-        self.events.note_frame(info.index, info.time_s, self.smoothed)
-        self.frames += 1
+        # A signal between these would leave the summary's frame count off the recording's.
+        with self.pipeline.uninterrupted():
+            if self.recorder is not None:
+                self.recorder.write(image, info.time_s)
+            self.events.note_frame(info.index, info.time_s, self.smoothed)
+            self.frames += 1
         keep_going = self.window.show(image)
         p50, p95 = self._percentiles
         self.live_view.update(

@@ -365,3 +365,28 @@ def test_headless_without_record_draws_nothing(tmp_path, probe, make_video, monk
     assert drawn == [] and read_events(events_path)[-1]["frames"] == 20
     assert main(["--source", str(video), "--model", str(probe), "--record", str(tmp_path / "o.mp4"), "--no-display"]) == 0
     assert len(drawn) == 20
+
+
+def test_a_signal_while_a_frame_is_recorded_leaves_counts_that_match(tmp_path, probe, make_video, monkeypatch):
+    # SIGTERM lands right after the recorder took frame 10 and before the frame was counted:
+    # the summary must still count exactly the frames the recording holds.
+    import os
+    import signal
+
+    original = stream.recorder.VideoRecorder.write
+    written = []
+
+    def write(self, image, time_s):
+        original(self, image, time_s)
+        written.append(time_s)
+        if len(written) == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(stream.recorder.VideoRecorder, "write", write)
+    video = make_video("v.mp4", frames=40)
+    record, events_path = tmp_path / "out.mp4", tmp_path / "e.jsonl"
+    code = main(["--source", str(video), "--model", str(probe), "--record", str(record),
+                 "--events", str(events_path), "--no-display"])  # fmt: skip
+    summary = read_events(events_path)[-1]
+    assert code == 143 and summary["ended_by"] == "SIGTERM"
+    assert summary["frames"] == len(written) == count_frames(record) == 10
