@@ -28,7 +28,7 @@ def machine_table(machine: dict[str, Any]) -> str:
     return md_table(["", ""], rows)
 
 
-def _load_note(machine: dict[str, Any], sections: list[SectionResult]) -> list[str]:
+def _sharing_note(sections: list[SectionResult]) -> list[str]:
     shares = [s.others for s in sections if s.others is not None]
     if not shares:
         return []
@@ -66,7 +66,7 @@ def render(
         "runs, because absolute times on a shared machine drift. Beside each section: how much of "
         "the CPU other processes took meanwhile.",
         "",
-        *_load_note(machine, sections),
+        *_sharing_note(sections),
         "## Machine",
         "",
         machine_table(machine),
