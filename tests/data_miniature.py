@@ -33,24 +33,6 @@ TRAIN_COLUMNS_A = [
     "all_noun_classes",
     "action_class",
 ]
-VAL_COLUMNS_A = [
-    "narration_id",
-    "participant_id",
-    "video_id",
-    "narration_timestamp",
-    "start_timestamp",
-    "stop_timestamp",
-    "start_frame",
-    "stop_frame",
-    "narration",
-    "verb",
-    "verb_class",
-    "noun",
-    "noun_class",
-    "all_nouns",
-    "all_noun_classes",
-    "action_class",
-]
 EPIC100_COLUMNS = [
     "narration_id",
     "participant_id",
@@ -68,6 +50,8 @@ EPIC100_COLUMNS = [
     "all_nouns",
     "all_noun_classes",
 ]
+# Layout A's validation CSV: the EPIC-100 columns and the original project's action_class.
+VAL_COLUMNS_A = [*EPIC100_COLUMNS, "action_class"]
 
 
 def frame_number(frame: np.ndarray) -> int:
