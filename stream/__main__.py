@@ -3,6 +3,7 @@
     epic-stream --source webcam
     epic-stream --source kitchen.mp4 --model model.onnx --record out.mp4 --events out.jsonl
     epic-stream --source rtsp://camera/stream --no-display --events live.jsonl
+    epic-stream --source door=rtsp://cam1/s --source till=rtsp://cam2/s --record 'out/{stream}.mp4'
 
 Errors the user can fix end in one line on stderr and a non-zero exit code (``--debug`` shows the
 traceback). Ctrl-C and SIGTERM stop cleanly, with the recording and the events file finalized,
@@ -21,6 +22,7 @@ import stream
 from stream.errors import EpicError, ModelError, OptionError
 from stream.recorder import CODECS
 from stream.runtime import Device
+from stream.scheduler import DEFAULT_BATCH_WAIT_MS
 from stream.smoothing import (
     DEFAULT_ALPHA,
     DEFAULT_HYSTERESIS_WINDOW,
@@ -52,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--source",
         required=True,
-        metavar="SRC",
+        action="append",
+        metavar="[NAME=]SRC",
         help="webcam (camera 0), webcam:N or N; a video file; an rtsp://, http:// or https:// URL "
         "(IP cameras, MJPEG streams); a folder of frames (EPIC-KITCHENS frame_0000000001.jpg "
-        "style, in sorted order) or a glob such as 'frames/*.jpg'",
+        "style, in sorted order) or a glob such as 'frames/*.jpg'. Give it several times for "
+        "several streams in one process, sharing one model session; NAME=SRC names a stream "
+        "(letters, digits, _ . -), else it is named after its file, camera or host",
     )
     parser.add_argument(
         "--model",
@@ -68,11 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="OUT.mp4",
         help="write the annotated video: every presented frame, at the source size and frame rate "
-        f"(measured for live sources); {', '.join(sorted(CODECS))}",
+        f"(measured for live sources); {', '.join(sorted(CODECS))}. With several streams the "
+        "path must contain {stream}, e.g. 'out/{stream}.mp4'",
     )
     parser.add_argument(
         "--events", type=Path, metavar="OUT.jsonl",
-        help="write one JSON line per prediction, then a summary line",
+        help="write one JSON line per prediction, then a summary line per stream (every line "
+        "names its stream)",
     )  # fmt: skip
     parser.add_argument(
         "--no-display", dest="display", action="store_false",
@@ -143,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"frame rate of a folder of frames (default {DEFAULT_FOLDER_FPS:g}; EPIC-KITCHENS-55 "
         "and EPIC-KITCHENS-100 frames are 60 fps), or of a video file that states none",
     )
+    batching = parser.add_argument_group("batching (several streams share one model session)")
+    batching.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="the most clips in one model run (default: the number of streams)",
+    )
+    batching.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_BATCH_WAIT_MS,
+        metavar="W",
+        help="once one stream's clip is ready, wait at most W ms for the others' before running "
+        f"the batch (default {DEFAULT_BATCH_WAIT_MS:g})",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
     return parser
@@ -204,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model, is_demo = _model_path(args.model)
         options = StreamOptions(
-            source=args.source,
+            source=tuple(args.source),
             model=model,
             record=args.record,
             events=args.events,
@@ -220,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             reconnect=args.reconnect,
             fps=args.fps,
+            batch=args.batch,
+            batch_wait_ms=args.batch_wait_ms,
         )
         pipeline = StreamPipeline(options)
         if is_demo:

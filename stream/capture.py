@@ -63,8 +63,9 @@ class CaptureThread(threading.Thread):
         stop: threading.Event,
         *,
         mode: CaptureMode,
+        name: str = "",
     ) -> None:
-        super().__init__(name="epic-capture", daemon=True)
+        super().__init__(name=f"epic-capture-{name}" if name else "epic-capture", daemon=True)
         self.source = source
         self.ring = ring
         self.image_size = image_size

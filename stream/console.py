@@ -3,11 +3,13 @@
 On a terminal, a rich ``Live`` panel shows the source, model, execution provider, rates, latency,
 drops and the current label with its top-k, plus a progress bar with ETA for files. When stdout
 is not a terminal (a log file, CI), it prints one plain line every couple of seconds instead,
-with no control codes.
+with no control codes. With several streams, :class:`StreamsConsole` shows one row per stream
+(or prints one line per stream).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,7 +51,7 @@ class StreamStats:
 
 
 def _num(value: float | None, unit: str, digits: int = 1) -> str:
-    return "--" if value is None else f"{value:.{digits}f} {unit}"
+    return "--" if value is None else f"{value:.{digits}f} {unit}".rstrip()
 
 
 def _label_text(label: Label) -> str:
@@ -144,6 +146,10 @@ class LiveConsole:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def view_for(self, name: str) -> LiveConsole:
+        """The object a stream's presenter updates (the whole view: there is one stream)."""
+        return self
+
     # -- updates -----------------------------------------------------------------------------------
 
     def update(self, stats: StreamStats, label: Label, top_k: Sequence[tuple[str, float]] = ()) -> None:
@@ -220,6 +226,128 @@ class LiveConsole:
         return table
 
 
+class _StreamRow:
+    """One stream's row of a :class:`StreamsConsole`; its presenter thread calls :meth:`update`."""
+
+    def __init__(self, owner: StreamsConsole, name: str) -> None:
+        self._owner = owner
+        self.name = name
+        self.latest: tuple[StreamStats, Label] | None = None
+        self._last_log: float | None = None
+
+    def update(self, stats: StreamStats, label: Label, top_k: Sequence[tuple[str, float]] = ()) -> None:
+        self.latest = (stats, label)
+        owner = self._owner
+        if not owner.interactive and owner.started:
+            now = owner.clock()
+            if self._last_log is None or now - self._last_log >= owner.log_interval_s:
+                self._last_log = now
+                owner.print_line(f"{self.name}: {owner.line(stats, label)}")
+
+
+class StreamsConsole:
+    """The live terminal view of several streams: one row each, the same figures as
+    :class:`LiveConsole` gives one stream."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        model: str,
+        provider: str,
+        *,
+        console: Console | None = None,
+        refresh_per_second: float = 4.0,
+        log_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console or Console()
+        self.model, self.provider = model, provider
+        self.interactive = self.console.is_terminal and not self.console.is_dumb_terminal
+        self.log_interval_s = log_interval_s
+        self.clock = clock
+        self.rows = {name: _StreamRow(self, name) for name in names}
+        self._refresh_per_second = refresh_per_second
+        self._live: Live | None = None
+        self._print_lock = threading.Lock()  # several presenter threads print lines
+        self.started = False
+
+    def view_for(self, name: str) -> _StreamRow:
+        return self.rows[name]
+
+    def start(self) -> StreamsConsole:
+        if self.started:
+            return self
+        self.started = True
+        if self.interactive:
+            self._live = Live(
+                console=self.console,
+                refresh_per_second=self._refresh_per_second,
+                get_renderable=self._render,
+                transient=False,
+            )
+            self._live.start()
+        else:
+            self.print_line(
+                f"{len(self.rows)} streams | model {self.model} | provider {self.provider}"
+            )
+        return self
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        else:
+            for row in self.rows.values():
+                if row.latest is not None:
+                    self.print_line(f"{row.name}: {self.line(*row.latest)}")
+
+    def print_line(self, line: str) -> None:
+        with self._print_lock:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    @staticmethod
+    def line(stats: StreamStats, label: Label) -> str:
+        where = f"frame {stats.frames}"
+        if stats.position_s is not None:
+            where += f" {stats.position_s:.1f} s"
+        return " | ".join(
+            (
+                where,
+                _label_text(label),
+                f"capture {_num(stats.capture_fps, 'fps')}",
+                f"model {_num(stats.model_fps, 'fps')}",
+                f"latency p95 {_num(stats.latency_ms_p95, 'ms', 0)}",
+                f"dropped {stats.dropped_frames}",
+            )
+        )
+
+    def _render(self) -> RenderableType:
+        table = Table(
+            title=f"epic-stream: {self.model} on {self.provider}", title_justify="left", expand=False
+        )
+        for column in ("stream", "position", "capture fps", "model fps", "p95 ms", "dropped", "label"):
+            table.add_column(column, justify="left" if column in ("stream", "label") else "right")
+        for row in self.rows.values():
+            if row.latest is None:
+                table.add_row(row.name, "--", "--", "--", "--", "--", Text("starting...", style="dim"))
+                continue
+            stats, label = row.latest
+            position = "--" if stats.position_s is None else f"{stats.position_s:.1f} s"
+            table.add_row(
+                row.name,
+                position,
+                _num(stats.capture_fps, ""),
+                _num(stats.model_fps, ""),
+                _num(stats.latency_ms_p95, "", 0),
+                str(stats.dropped_frames),
+                Text(_label_text(label), style="bold green" if label.is_action else "dim"),
+            )
+        return table
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "--"
@@ -242,7 +370,9 @@ _UNITS = ("ms", "s")
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """Print the events summary (see :mod:`stream.events`) as rich tables."""
     console = console or Console()
-    table = Table(title="epic-stream summary", show_header=False, title_justify="left")
+    stream = summary.get("stream")
+    title = f"epic-stream summary: {stream}" if stream else "epic-stream summary"
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     table.add_row(
@@ -251,7 +381,10 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     )
     for key in ("frames", "predictions", "dropped_frames"):
         table.add_row(key.replace("_", " "), _fmt(summary.get(key)))
-    shown = {"type", "video_label", "video_score", "frames", "predictions", "dropped_frames", "segments"}
+    shown = {
+        "type", "stream", "video_label", "video_score", "frames", "predictions", "dropped_frames",
+        "segments",
+    }
     for key, value in summary.items():
         if key not in shown and not isinstance(value, dict | list):
             table.add_row(_title(key), _fmt(value))

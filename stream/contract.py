@@ -33,6 +33,9 @@ class ModelContract:
     class_names: tuple[str, ...]
     clip_seconds: float | None  # None: the model did not say; clips are consecutive frames
     description: str = ""
+    # The largest batch the model takes: None when its batch is dynamic (the contract), 1 for a
+    # model made elsewhere with a static batch of one.
+    max_batch: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +78,12 @@ def read_contract(session, path: str | Path) -> ModelContract:
     if _static_dim(shape[4]) != 3:
         raise ContractError(
             f"{where}: input '{INPUT_NAME}' must end in 3 colour channels (BGR), but its shape is {shape}"
+        )
+    max_batch = _static_dim(shape[0])
+    if max_batch is not None and max_batch != 1:
+        raise ContractError(
+            f"{where}: input '{INPUT_NAME}' has a static batch of {max_batch}; export it with a "
+            "dynamic batch (or a batch of 1)"
         )
     outputs = {o.name: o for o in session.get_outputs()}
     if OUTPUT_NAME not in outputs:
@@ -138,6 +147,7 @@ def read_contract(session, path: str | Path) -> ModelContract:
         class_names=tuple(class_names),
         clip_seconds=clip_seconds,
         description=meta.get("description", ""),
+        max_batch=max_batch,
     )
 
 

@@ -1,26 +1,31 @@
-"""The ``--events`` JSON Lines log: one line per prediction, then one summary line.
+"""The ``--events`` JSON Lines log: one line per prediction, then one summary line per stream.
 
 Prediction line::
 
-    {"type": "prediction", "frame_index": int, "time_s": float,
+    {"type": "prediction", "stream": str, "frame_index": int, "time_s": float,
      "raw": {"label": str, "score": float}, "smoothed": {"label": str, "score": float},
-     "scores": [float, ...], "latency_ms": float}
+     "scores": [float, ...], "latency_ms": float, "warmup": bool}
 
-Summary line (always the last)::
+Summary line (the last line of its stream)::
 
-    {"type": "summary", "frames": int, "predictions": int, "dropped_frames": int,
-     "video_label": str, "video_score": float,
+    {"type": "summary", "stream": str, "frames": int, "predictions": int, "dropped_frames": int,
+     "video_label": str, "video_score": float, "video_label_from": str, "invalid_predictions": int,
      "segments": [{"label": str, "start_s": float, "end_s": float, "score": float}], ...}
 
-``video_label`` is the argmax of the mean of all raw score vectors. ``segments`` are the runs of
-the smoothed label over the presented frames; a run ends where the next begins (the last one a
+``video_label`` is the argmax of the mean of the raw score vectors of full clips; when a source is
+shorter than the model's clip span there are none, and the warm-up clips stand in
+(``video_label_from``: ``"full_clips"``, ``"warmup_clips"`` or ``"none"``). A score vector with NaN
+or inf is written (non-finite values as null, ``"invalid": true``) and counted in
+``invalid_predictions``, but enters neither ``video_label`` nor smoothing. ``segments`` are the runs
+of the smoothed label over the presented frames; a run ends where the next begins (the last one a
 frame interval after its last frame), and its score is the mean smoothed score over its frames.
 Extra summary keys: ``latency_ms_p50``, ``latency_ms_p95``, ``inference_ms_mean`` and whatever
 the caller passes to :meth:`EventLog.close`.
 
-Each line is flushed as it is written, so a crash leaves only complete lines. Without a path the
-log writes nothing but still builds the summary that is printed at exit. The presenter thread is
-the only user; the log is not thread-safe.
+Several streams share one file: :class:`EventWriter` owns it and writes whole lines under a lock;
+each stream has its own :class:`EventLog` (its presenter thread is the only user of it). Each line
+is flushed as it is written, so a crash leaves only complete lines. Without a path the log writes
+nothing but still builds the summary that is printed at exit.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +49,10 @@ SCORE_DECIMALS = 6
 TIME_DECIMALS = 6  # microseconds: exact enough to tell frames of a 1000 fps source apart
 MS_DECIMALS = 3
 _SUMMARY_SCHEMA = frozenset(
-    ("type", "frames", "predictions", "dropped_frames", "video_label", "video_score", "segments")
+    (
+        "type", "stream", "frames", "predictions", "dropped_frames", "video_label", "video_score",
+        "video_label_from", "invalid_predictions", "segments",
+    )
 )
 
 
@@ -107,19 +116,77 @@ class _Run:
         }
 
 
-class EventLog:
-    """Writes prediction lines as they come and the summary line on :meth:`close`."""
+class EventWriter:
+    """The events file: whole JSON lines, flushed one by one, from any thread."""
 
-    def __init__(
-        self, path: Path | None, file: IO[str] | None, class_names: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, path: Path | None, file: IO[str] | None) -> None:
         self.path = path
         self._file = file
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path | str | None) -> EventWriter:
+        """A writer to ``path`` (replaced if it exists), or one that writes nothing (None)."""
+        if path is None:
+            return cls(None, None)
+        path = Path(path)
+        check_writable(path)
+        try:
+            file = path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write events file {path}: {exc.strerror or exc}") from exc
+        return cls(path, file)
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, allow_nan=False) + "\n"
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError as exc:
+                self._close_locked()
+                raise OutputError(
+                    f"cannot write events file {self.path}: {exc.strerror or exc}"
+                ) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:
+                raise OutputError(f"cannot write events file {self.path}: {exc.strerror or exc}") from exc
+
+
+class EventLog:
+    """One stream's lines: predictions as they come, the summary line on :meth:`close`."""
+
+    def __init__(
+        self,
+        writer: EventWriter,
+        class_names: Sequence[str] = (),
+        *,
+        stream: str = "",
+        owns_writer: bool = False,
+    ) -> None:
+        self.writer = writer
+        self.stream = stream
+        self._owns_writer = owns_writer
         # Names for video_label, whose class may never have been anyone's top-1; labels seen in
         # write_prediction fill in when the caller gave none.
         self._names: dict[int, str] = dict(enumerate(class_names))
         self._predictions = 0
-        self._score_sum: np.ndarray | None = None
+        self._invalid = 0
+        self._score_sum: np.ndarray | None = None  # full clips
+        self._full = 0
+        self._warmup_sum: np.ndarray | None = None  # warm-up clips: the fallback for short sources
+        self._warmup = 0
         # Every latency, for the summary's exact percentiles: 8 bytes a prediction in an array
         # (a list of floats took 64 with the inference times, 7 MiB an hour of live stream).
         self._latencies = array("d")
@@ -133,52 +200,62 @@ class EventLog:
 
     check_writable = staticmethod(check_writable)
 
-    @classmethod
-    def open(cls, path: Path | str | None, class_names: Sequence[str] = ()) -> EventLog:
-        """A log writing to ``path`` (replaced if it exists), or one that only summarises (None).
+    @property
+    def path(self) -> Path | None:
+        return self.writer.path
 
-        Pass the model's ``class_names`` so that ``video_label`` can always be named.
-        """
-        if path is None:
-            return cls(None, None, class_names)
-        path = Path(path)
-        check_writable(path)
-        try:
-            file = path.open("w", encoding="utf-8")
-        except OSError as exc:
-            raise OutputError(f"cannot write events file {path}: {exc.strerror or exc}") from exc
-        return cls(path, file, class_names)
+    @classmethod
+    def open(
+        cls, path: Path | str | None, class_names: Sequence[str] = (), *, stream: str = ""
+    ) -> EventLog:
+        """A log with a file of its own at ``path`` (replaced if it exists), or one that only
+        summarises (None). Pass the model's ``class_names`` so that ``video_label`` can always be
+        named."""
+        return cls(EventWriter.open(path), class_names, stream=stream, owns_writer=True)
 
     @property
     def closed(self) -> bool:
         return self._summary is not None
 
     def write_prediction(self, pred: Prediction, raw: Label, smoothed: Label) -> None:
-        """Log one prediction with its raw top-1 and the smoothed label it led to."""
+        """Log one prediction with its raw top-1 and the smoothed label shown after it.
+
+        Warm-up predictions and invalid ones (non-finite scores) are written like the others;
+        only full, valid clips count towards ``video_label``.
+        """
         if self.closed:
             raise RuntimeError("write_prediction after close: the summary is already written")
         scores = np.asarray(pred.scores, dtype=np.float64)
-        if self._score_sum is None:
-            self._score_sum = np.zeros_like(scores)
-        self._score_sum += scores
+        valid = bool(np.isfinite(scores).all())
         self._predictions += 1
+        if not valid:
+            self._invalid += 1
+        elif pred.warmup:
+            self._warmup_sum = scores if self._warmup_sum is None else self._warmup_sum + scores
+            self._warmup += 1
+        else:
+            self._score_sum = scores if self._score_sum is None else self._score_sum + scores
+            self._full += 1
         for label in (raw, smoothed):
             if label.index >= 0:
                 self._names.setdefault(label.index, label.name)
         if math.isfinite(pred.latency_ms) and math.isfinite(pred.inference_ms):
             self._latencies.append(pred.latency_ms)
             self._inference_sum += pred.inference_ms
-        self._write(
-            {
-                "type": "prediction",
-                "frame_index": int(pred.frame_index),
-                "time_s": _round(pred.time_s, TIME_DECIMALS),
-                "raw": _label_json(raw),
-                "smoothed": _label_json(smoothed),
-                "scores": [_round(s, SCORE_DECIMALS) for s in scores],
-                "latency_ms": _round(pred.latency_ms, MS_DECIMALS),
-            }
-        )
+        record = {
+            "type": "prediction",
+            "stream": self.stream,
+            "frame_index": int(pred.frame_index),
+            "time_s": _round(pred.time_s, TIME_DECIMALS),
+            "raw": _label_json(raw),
+            "smoothed": _label_json(smoothed),
+            "scores": [_round(s, SCORE_DECIMALS) for s in scores],
+            "latency_ms": _round(pred.latency_ms, MS_DECIMALS),
+            "warmup": bool(pred.warmup),
+        }
+        if not valid:
+            record["invalid"] = True
+        self._write(record)
 
     def note_frame(self, frame_index: int, time_s: float, smoothed: Label | None) -> None:
         """Record the label shown on a presented frame; None (no result yet) is in no segment.
@@ -212,19 +289,29 @@ class EventLog:
         if self._run is not None:
             self._segments.append(self._run.as_segment(self._run.last_s + self._frame_interval_s))
             self._run = None
-        if self._score_sum is not None and self._predictions:
-            mean = self._score_sum / self._predictions
+        if self._full:
+            total, count, source = self._score_sum, self._full, "full_clips"
+        elif self._warmup:
+            # A source shorter than the clip span has only warm-up clips: a guess beats no answer.
+            total, count, source = self._warmup_sum, self._warmup, "warmup_clips"
+        else:
+            total, count, source = None, 0, "none"
+        if total is not None:
+            mean = total / count
             best = int(np.argmax(mean))
             video_label, video_score = self._names.get(best, str(best)), float(mean[best])
         else:
             video_label, video_score = NO_ACTION, 0.0
         summary: dict[str, Any] = {
             "type": "summary",
+            "stream": self.stream,
             "frames": int(frames),
             "predictions": self._predictions,
             "dropped_frames": int(dropped_frames),
             "video_label": video_label,
             "video_score": _round(video_score, SCORE_DECIMALS),
+            "video_label_from": source,
+            "invalid_predictions": self._invalid,
             "segments": self._segments,
             **self._latency_stats(),
         }
@@ -236,7 +323,8 @@ class EventLog:
         try:
             self._write(summary)
         finally:
-            self._close_file()
+            if self._owns_writer:
+                self.writer.close()
         return summary
 
     # -- internals ---------------------------------------------------------------------------------
@@ -252,19 +340,4 @@ class EventLog:
         }
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            return
-        try:
-            self._file.write(json.dumps(record, allow_nan=False) + "\n")
-            self._file.flush()
-        except OSError as exc:
-            self._close_file()
-            raise OutputError(f"cannot write events file {self.path}: {exc.strerror or exc}") from exc
-
-    def _close_file(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            try:
-                file.close()
-            except OSError as exc:
-                raise OutputError(f"cannot write events file {self.path}: {exc.strerror or exc}") from exc
+        self.writer.write(record)

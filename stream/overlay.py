@@ -50,6 +50,9 @@ class OverlayState:
     latency_ms: float | None
     stale: bool  # no result yet, or the latest is too old to be shown as current
     source_name: str = ""
+    # Seconds of source still needed before the first full clip (None: warmed up). Until then the
+    # model only sees clips padded with the first frame, whose answers are not shown.
+    warmup_s: float | None = None
 
 
 def class_colour(name: str) -> tuple[int, int, int]:
@@ -176,7 +179,9 @@ def _draw_label(frame: np.ndarray, state: OverlayState, lay: Layout, top: int) -
 
     # Stale: the last label, greyed, marked as waiting; no label at all: just "waiting...".
     name, right = label.name, ""
-    if state.stale:
+    if state.warmup_s is not None and not label.is_action:
+        name, right = "warming up", f"{state.warmup_s:.1f} s"
+    elif state.stale:
         name, right = (label.name, WAITING) if label.is_action else (WAITING, "")
     elif label.is_action:
         right = _percent(label.score)

@@ -21,7 +21,10 @@ class Prediction:
     time_s: float  # that frame's source time, seconds
     scores: np.ndarray  # float32 [C] probabilities, read-only
     latency_ms: float  # capture of the clip's newest frame -> result available
-    inference_ms: float  # session.run alone
+    inference_ms: float  # session.run alone (of the whole batch the clip ran in)
+    # The source had not yet covered the model's clip span: the clip's oldest frames are copies
+    # of the first frame, so the answer is a guess and is kept out of smoothing and video_label.
+    warmup: bool = False
 
     def __post_init__(self) -> None:
         # A read-only float32 copy: the worker's output buffer may be reused for the next clip,
@@ -29,6 +32,11 @@ class Prediction:
         scores = np.array(self.scores, dtype=np.float32, copy=True).reshape(-1)
         scores.flags.writeable = False
         object.__setattr__(self, "scores", scores)
+
+    @property
+    def valid(self) -> bool:
+        """Whether every score is finite (a broken model can answer NaN or inf)."""
+        return bool(np.isfinite(self.scores).all())
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,15 @@ Who may overwrite what (the slot of sequence ``s`` last held ``s - capacity``):
   writer touches it, and readers only read slots whose number is the one they want;
 * the worker gathers under the lock, so the frames it reads cannot be reserved meanwhile;
 * the presenter *pins* the frame it is presenting, because drawing and encoding it takes long;
-* in lossless mode (files) the writer waits instead of overwriting a frame that the presenter has
-  not presented yet, or one that a future clip may still need (the worker's *hold*: the oldest
-  frame of its last clip; later clips never reach further back), unless the worker is waiting
-  for that very frame. In live mode it never waits: the oldest frames are overwritten, and a
-  frame whose display slot is pinned is dropped.
+* with :attr:`Overflow.WAIT` (files) the writer waits instead of overwriting a frame that the
+  presenter has not presented yet, or one that a future clip may still need (the scheduler's
+  *hold*: the oldest frame of its last clip; later clips never reach further back), unless the
+  scheduler expects that very frame next. With :attr:`Overflow.OVERWRITE` (live) it never waits:
+  the oldest frames are overwritten, and a frame whose display slot is pinned is dropped.
 
-All state changes notify one condition, shared with the worker's results, so that every wait in
-the pipeline is a condition wait that a stop wakes at once: nothing polls.
+All state changes notify one condition, shared with the stream's prediction board, so that every
+wait of a stream is a condition wait that a stop wakes at once: nothing polls. The shared
+scheduler is told of new frames through ``on_publish`` (its doorbell), never by waiting here.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -41,6 +44,13 @@ log = logging.getLogger(__name__)
 # Waits re-check their predicate at least this often: a safety net, not a polling interval.
 _WAIT_S = 0.5
 _NEVER = math.inf
+
+
+class Overflow(Enum):
+    """What the writer does when the next slot still holds a frame somebody needs."""
+
+    WAIT = "wait"  # files: backpressure, nothing is lost, runs are deterministic
+    OVERWRITE = "overwrite"  # live: never wait; the oldest frames go, a pinned one is dropped
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,9 @@ class ClipInfo:
     seqs: tuple[int, ...]
     newest: FrameInfo
     available: int  # the newest frame published when the clip was gathered
+    # Warm-up: the stream has not yet covered the model's clip span, so the clip's oldest frames
+    # are copies of the stream's first frame.
+    padded: bool = False
 
     @property
     def first_seq(self) -> int:
@@ -84,14 +97,18 @@ class FrameRing:
         frame_shape: tuple[int, int, int],
         *,
         display_capacity: int,
-        lossless: bool,
+        overflow: Overflow,
         cond: threading.Condition | None = None,  # must wrap an RLock
+        on_publish: Callable[[], None] | None = None,
     ) -> None:
         if capacity < 2 or display_capacity < 2:
             raise ValueError("a FrameRing needs at least 2 slots in each ring")
         self.capacity = capacity
         self.display_capacity = display_capacity
-        self.lossless = lossless
+        self.overflow = overflow
+        self.lossless = overflow is Overflow.WAIT
+        # Called (lock not held) after every publish and at close: the shared scheduler's doorbell.
+        self._on_publish = on_publish
         # Reentrant: gather_newest waits and gathers under one hold of the lock.
         self.cond = cond or threading.Condition(threading.RLock())
         self._model = np.zeros((capacity, image_size, image_size, 3), np.uint8)
@@ -108,7 +125,7 @@ class FrameRing:
         self._reserved: int | None = None
         self._closed = False
         self._hold: float = 0  # lossless: the oldest frame a future clip may need
-        self._waiting_for: int | None = None  # lossless: the frame the worker waits for
+        self._waiting_for: int | None = None  # lossless: the frame the scheduler expects next
         self._presented = 0  # every frame before this one has been presented (lossless)
         self._pinned: int | None = None
         self._warned_short = False
@@ -129,6 +146,8 @@ class FrameRing:
         with self.cond:
             self._closed = True
             self.cond.notify_all()
+        if self._on_publish is not None:
+            self._on_publish()
 
     def _wait(self, ready, stop: threading.Event | None) -> bool:
         """Wait (lock held) until ``ready()``; False if ``stop`` was set first."""
@@ -201,8 +220,32 @@ class FrameRing:
             self._head = seq + 1
             self._reserved = None
             self.cond.notify_all()
+        if self._on_publish is not None:
+            self._on_publish()
 
     # -- worker ----------------------------------------------------------------------------------
+
+    def expect(self, seq: int | None) -> None:
+        """The scheduler's next clip ends at frame ``seq`` (None: it needs no more). The writer may
+        then evict held frames to reach it (see :meth:`_writable`), so a long ``--every`` cannot
+        deadlock a scheduler that does not block here."""
+        with self.cond:
+            self._waiting_for = seq
+            self.cond.notify_all()
+
+    def ready_through(self, seq: int) -> bool | None:
+        """True when frame ``seq`` is published, None when it never will be (closed), else False."""
+        with self.cond:
+            if self._head > seq:
+                return True
+            return None if self._closed else False
+
+    def newest_after(self, than: int) -> int | bool | None:
+        """The newest frame if it is newer than ``than``; False if none is yet, None if none will be."""
+        with self.cond:
+            if self._head - 1 > than:
+                return self._head - 1
+            return None if self._closed else False
 
     def wait_published(self, seq: int, stop: threading.Event | None = None) -> bool:
         """Wait until frame ``seq`` is published; False if the stream ended before it (or stop)."""
@@ -293,7 +336,10 @@ class FrameRing:
             if self.lossless:
                 self._hold = chosen_seqs[0]
                 self.cond.notify_all()
-            return ClipInfo(chosen_seqs, newest, self._head - 1)
+            # Short because the stream is young (its first frame is still here), not because the
+            # ring lost older frames: the first frame stands in for the time before it.
+            padded = bool(short and seqs[0] == 0)
+            return ClipInfo(chosen_seqs, newest, self._head - 1, padded)
 
     def release_hold(self) -> None:
         """The worker needs no more frames (it finished or failed)."""

@@ -168,52 +168,75 @@ def create_session(
 
 
 class Runner:
-    """Runs the model on its own clip buffer ([1, T, S, S, 3] uint8, filled by the worker)."""
+    """Runs the model on its own clip buffer ([max_batch, T, S, S, 3] uint8, filled by the
+    scheduler); :meth:`run` takes the first ``n`` clips, one ``session.run`` for all of them."""
 
     def __init__(
-        self, session, contract: ModelContract, provider: str, *, io_binding: bool | None = None
+        self,
+        session,
+        contract: ModelContract,
+        provider: str,
+        *,
+        max_batch: int = 1,
+        io_binding: bool | None = None,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.session = session
         self.contract = contract
         self.provider = provider
+        self.max_batch = max_batch
         size = contract.image_size
-        self.clip = np.zeros((1, contract.num_frames, size, size, 3), np.uint8)
+        self.clip = np.zeros((max_batch, contract.num_frames, size, size, 3), np.uint8)
         import onnxruntime as ort
 
+        self._ort = ort
         # Setting ``terminate`` on these from another thread aborts a run in progress: a stop
         # need not wait for a slow model to finish its clip.
         self._run_options = ort.RunOptions()
-        self._binding = None
         if io_binding is None:  # the CPU reads the numpy input in place; binding gains nothing
             io_binding = provider in (PROVIDERS[Device.CUDA], PROVIDERS[Device.TENSORRT])
-        if io_binding:
-            self._scores = np.zeros((1, contract.num_classes), np.float32)
-            binding = session.io_binding()
-            # Both OrtValues wrap the numpy memory: the worker's gather lands in the bound input,
-            # ORT copies it to the device, and the scores come back into our own array.
-            self._input_value = ort.OrtValue.ortvalue_from_numpy(self.clip)
-            self._output_value = ort.OrtValue.ortvalue_from_numpy(self._scores)
-            binding.bind_ortvalue_input(INPUT_NAME, self._input_value)
-            binding.bind_ortvalue_output(OUTPUT_NAME, self._output_value)
-            self._binding = binding
+        self._io_binding = io_binding
+        self._scores = np.zeros((max_batch, contract.num_classes), np.float32)
+        self._bindings: dict[int, object] = {}  # batch size -> its binding, made on first use
+        self._bound_values: list[object] = []  # keeps the OrtValues alive as long as the bindings
 
     @property
     def uses_io_binding(self) -> bool:
-        return self._binding is not None
+        return self._io_binding
 
-    def run(self) -> np.ndarray:
-        """Run on :attr:`clip`; return the scores [C] (valid until the next run)."""
-        if self._binding is not None:
-            self.session.run_with_iobinding(self._binding, self._run_options)
-            return self._scores[0]
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: self.clip}, self._run_options)[0][0]
+    def _binding(self, n: int):
+        binding = self._bindings.get(n)
+        if binding is None:
+            ort = self._ort
+            binding = self.session.io_binding()
+            # Both OrtValues wrap the numpy memory (the first n rows of each array are one
+            # contiguous block): the gather lands in the bound input, ORT copies it to the
+            # device, and the scores come back into our own array.
+            inputs = ort.OrtValue.ortvalue_from_numpy(self.clip[:n])
+            outputs = ort.OrtValue.ortvalue_from_numpy(self._scores[:n])
+            binding.bind_ortvalue_input(INPUT_NAME, inputs)
+            binding.bind_ortvalue_output(OUTPUT_NAME, outputs)
+            self._bound_values += [inputs, outputs]
+            self._bindings[n] = binding
+        return binding
+
+    def run(self, n: int = 1) -> np.ndarray:
+        """Run on the first ``n`` clips of :attr:`clip`; return scores [n, C] (valid until the
+        next run)."""
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"batch of {n} clips; this runner holds 1 to {self.max_batch}")
+        if self._io_binding:
+            self.session.run_with_iobinding(self._binding(n), self._run_options)
+            return self._scores[:n]
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: self.clip[:n]}, self._run_options)[0]
 
     def cancel(self) -> None:
         """Abort the run in progress, if any, and every later one (the stream is stopping)."""
         self._run_options.terminate = True
 
-    def timed_run(self) -> tuple[np.ndarray, float]:
+    def timed_run(self, n: int = 1) -> tuple[np.ndarray, float]:
         """:meth:`run` and its duration in milliseconds."""
         start = time.perf_counter()
-        scores = self.run()
+        scores = self.run(n)
         return scores, (time.perf_counter() - start) * 1000.0

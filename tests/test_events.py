@@ -13,8 +13,11 @@ from stream.events import EventLog, check_writable
 from stream.prediction import NO_ACTION, Label, Prediction, top_label
 
 NAMES = ("cut", "wash", "open")
-PREDICTION_KEYS = {"type", "frame_index", "time_s", "raw", "smoothed", "scores", "latency_ms"}
-SUMMARY_KEYS = {"type", "frames", "predictions", "dropped_frames", "video_label", "video_score", "segments"}
+PREDICTION_KEYS = {"type", "stream", "frame_index", "time_s", "raw", "smoothed", "scores", "latency_ms", "warmup"}
+SUMMARY_KEYS = {
+    "type", "stream", "frames", "predictions", "dropped_frames", "video_label", "video_score",
+    "video_label_from", "invalid_predictions", "segments",
+}
 
 
 def prediction(frame_index: int, scores, latency_ms: float = 12.3456789) -> Prediction:
@@ -47,6 +50,7 @@ def test_prediction_line_has_the_exact_schema(tmp_path):
     assert line["scores"] == pytest.approx([0.123457, 0.7, 0.176543], abs=1e-6)
     assert all(len(repr(s).split(".")[1]) <= 6 for s in line["scores"])  # rounded
     assert line["latency_ms"] == 12.346
+    assert line["warmup"] is False and line["stream"] == ""
 
 
 def test_summary_is_last_with_video_label_from_mean_raw_scores(tmp_path):

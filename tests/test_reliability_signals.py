@@ -138,7 +138,7 @@ def signal_when(pipeline: StreamPipeline, sig: signal.Signals, frames: int) -> t
     def watch():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            capture = pipeline.capture
+            capture = pipeline.channels[0].capture if pipeline.channels else None
             if capture is not None and capture.frames >= frames and pipeline.summary is None:
                 os.kill(os.getpid(), sig)
                 return
@@ -168,7 +168,7 @@ def run_in_process(options: StreamOptions, sig: signal.Signals, frames: int) -> 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_in_process_a_signal_leaves_no_thread_for_a_file(tmp_path, make_video, monkeypatch, sig):
     original = Runner.run
-    monkeypatch.setattr(Runner, "run", lambda self: time.sleep(0.03) or original(self))
+    monkeypatch.setattr(Runner, "run", lambda self, n=1: time.sleep(0.03) or original(self, n))
     model = probe_model(tmp_path / "probe.onnx")
     record, events = tmp_path / "out.mp4", tmp_path / "e.jsonl"
     options = StreamOptions(source=str(make_video("v.mp4", frames=300)), model=model, every=1,

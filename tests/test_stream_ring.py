@@ -7,13 +7,16 @@ import threading
 import numpy as np
 import pytest
 
-from stream.ring import FrameRing
+from stream.ring import FrameRing, Overflow
 
 S = 4  # model-size frames: tiny, the ring does not care
 
 
 def make_ring(capacity=16, display=4, lossless=False, shape=(6, 8, 3)) -> FrameRing:
-    return FrameRing(capacity, S, shape, display_capacity=display, lossless=lossless)
+    return FrameRing(
+        capacity, S, shape, display_capacity=display,
+        overflow=Overflow.WAIT if lossless else Overflow.OVERWRITE,
+    )
 
 
 def push(ring: FrameRing, value: int, time_s: float, index: int | None = None, stop=None) -> int | None:

@@ -88,10 +88,29 @@ def test_runner_feeds_the_clip_buffer_to_the_model(tmp_path, io_binding):
     assert runner.clip.shape == (1, 3, 16, 16, 3) and runner.clip.dtype == np.uint8
     for levels in ([10, 20, 30], [200, 100, 0]):
         for t, level in enumerate(levels):
-            runner.clip[0, t] = level  # in place, as the worker's gather does
+            runner.clip[0, t] = level  # in place, as the scheduler's gather does
         scores, ms = runner.timed_run()
-        assert np.allclose(decode_probe(scores, 3), levels, atol=1e-3)
+        assert scores.shape == (1, 4)
+        assert np.allclose(decode_probe(scores[0], 3), levels, atol=1e-3)
         assert ms >= 0
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_runner_runs_the_first_n_clips_of_its_batch_buffer(tmp_path, io_binding):
+    session, contract, provider = create_session(probe_model(tmp_path / "p.onnx", num_frames=3), "cpu")
+    runner = Runner(session, contract, provider, max_batch=4, io_binding=io_binding)
+    assert runner.clip.shape == (4, 3, 16, 16, 3)
+    rows = [[10, 20, 30], [200, 100, 0], [5, 5, 250], [77, 88, 99]]
+    for row, levels in enumerate(rows):
+        for t, level in enumerate(levels):
+            runner.clip[row, t] = level
+    for n in (1, 3, 4, 2):  # each size of batch, bound once and reused
+        scores = runner.run(n)
+        assert scores.shape == (n, 4)
+        for row in range(n):
+            assert np.allclose(decode_probe(scores[row], 3), rows[row], atol=1e-3)
+    with pytest.raises(ValueError, match="1 to 4"):
+        runner.run(5)
 
 
 def test_cancel_aborts_later_runs(tmp_path):
