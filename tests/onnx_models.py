@@ -185,3 +185,67 @@ def matmul_model(
     graph = helper.make_graph(nodes, "matmul", [frames], [scores], inits)
     meta = contract_metadata(class_names, clip_seconds, num_frames, image_size, "matmul cost model")
     return _save(graph, path, meta)
+
+
+def faulty_model(
+    path: Path,
+    *,
+    num_frames: int = 4,
+    image_size: int = 16,
+    clip_seconds: float | None = 0.3,
+    nan_band: tuple[float, float] | None = None,
+    fail_above: float | None = None,
+) -> Path:
+    """A two-class contract model (``dark``/``bright`` by the clip's mean grey level m) that
+    misbehaves on purpose: its scores are NaN while ``nan_band[0] < m < nan_band[1]``, and
+    ONNX Runtime raises (a Gather out of bounds) once ``m >= fail_above``."""
+    frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", num_frames, image_size, image_size, 3])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2])
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2, 3, 4], keepdims=0),  # [b]
+        helper.make_node("Unsqueeze", ["m", "axis1"], ["m1"]),  # [b, 1]
+        helper.make_node("Mul", ["m1", "weights"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["logits0"]),  # (m - 128) / 8 * [-1, 1]
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([[-1.0, 1.0]], np.float32) / 8, "weights"),
+        numpy_helper.from_array(np.array([[16.0, -16.0]], np.float32), "bias"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    last = "logits0"
+    if nan_band is not None:
+        low, high = nan_band
+        centre, half = (low + high) / 2, (high - low) / 2
+        nodes += [
+            helper.make_node("Sub", ["m1", "centre"], ["off"]),
+            helper.make_node("Abs", ["off"], ["dist"]),
+            helper.make_node("Sub", ["dist", "half"], ["outside"]),  # < 0 inside the band
+            helper.make_node("Sqrt", ["outside"], ["root"]),  # NaN inside the band
+            helper.make_node("Mul", ["root", "zero"], ["poison"]),  # 0 outside, NaN inside
+            helper.make_node("Add", [last, "poison"], ["logits1"]),
+        ]
+        inits += [
+            numpy_helper.from_array(np.array(centre, np.float32), "centre"),
+            numpy_helper.from_array(np.array(half, np.float32), "half"),
+        ]
+        last = "logits1"
+    if fail_above is not None:
+        nodes += [
+            helper.make_node("Div", ["m", "fail_level"], ["ratio"]),
+            helper.make_node("Floor", ["ratio"], ["step"]),
+            helper.make_node("Cast", ["step"], ["index"], to=TensorProto.INT64),  # 0, then 1+
+            helper.make_node("Gather", ["table", "index"], ["picked"], axis=0),  # out of bounds at 1
+            helper.make_node("Unsqueeze", ["picked", "axis1"], ["picked1"]),
+            helper.make_node("Add", [last, "picked1"], ["logits2"]),
+        ]
+        inits += [
+            numpy_helper.from_array(np.array(fail_above, np.float32), "fail_level"),
+            numpy_helper.from_array(np.array([0.0], np.float32), "table"),
+        ]
+        last = "logits2"
+    nodes.append(helper.make_node("Softmax", [last], ["scores"], axis=1))
+    graph = helper.make_graph(nodes, "faulty", [frames], [scores], inits)
+    meta = contract_metadata(("dark", "bright"), clip_seconds, num_frames, image_size, "faulty model")
+    return _save(graph, path, meta)
