@@ -140,7 +140,7 @@ class StreamPipeline:
     def run(self) -> dict[str, Any]:
         """Stream until every source ends, the user quits or a signal comes; return the (first)
         summary. :attr:`summaries` has every stream's."""
-        guard = SignalGuard(self.stopper, self.say)
+        guard = SignalGuard(self.stopper)
         with guard.installed():
             try:
                 return self._run(guard)

@@ -69,9 +69,8 @@ class Stopper:
 class SignalGuard:
     """SIGINT/SIGTERM handlers for one run (only in the main thread; elsewhere it does nothing)."""
 
-    def __init__(self, stopper: Stopper, say: Callable[[str], None]) -> None:
+    def __init__(self, stopper: Stopper) -> None:
         self._stopper = stopper
-        self._say = say
         self.finalizing = False
         self.signum: int | None = None
 
@@ -79,9 +78,12 @@ class SignalGuard:
         name = signal.Signals(signum).name
         if self.signum is not None:
             # The user asked twice: stop finalizing and go. Lines already written are whole.
-            self._say(f"{name} again while finalizing: exiting now, keeping what was written")
             sys.stdout.flush()
-            sys.stderr.flush()
+            print(
+                f"epic-stream: {name} again while finalizing: exiting now, keeping what was written",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(128 + signum)
         self.signum = signum
         self._stopper.stop(name)
