@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo demo-model bench clean
+.PHONY: install test lint demo demo-multi demo-model bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ lint: install
 demo: install
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
+# Four generated cameras in one epic-stream process (one shared model session), and the picture
+# of the window's grid: demo_multi/demo_multi_grid.png. About 15 seconds after install.
+demo-multi: install
+	$(PY) scripts/multistream_demo.py --out demo_multi $(DEMO_ARGS)
+
 # Rebuilds models/demo.onnx from nothing: seeded synthetic data -> configs/demo.yaml -> export of
 # the best checkpoint (the fit's own model.onnx). 4-5 minutes on 2 CPU cores.
 demo-model: install
@@ -43,4 +48,4 @@ bench: install
 	$(PY) -m benchmarks.run $(if $(FULL),--full,)
 
 clean:
-	rm -rf runs demo_out* demo_events.jsonl .pytest_cache
+	rm -rf runs demo_out* demo_events.jsonl demo_multi .pytest_cache

@@ -72,6 +72,9 @@ class Profile:
     # (7) GPU
     gpu_batches: tuple[int, ...] = (1, 2, 4, 8, 16)
     gpu_model: tuple[str, int] = ("base", 224)
+    # (8) many streams: stream counts, seconds of 640x480 realtime video per run
+    multistream_counts: tuple[int, ...] = (1, 2, 4, 8)
+    multistream_seconds: float = 20.0
 
 
 QUICK = Profile(
@@ -96,6 +99,7 @@ FULL = Profile(
     latency_seconds=20.0,
     memory_seconds=600.0,
     memory_warmup_s=60.0,
+    multistream_seconds=60.0,
 )
 
 SMOKE = Profile(
@@ -122,6 +126,8 @@ SMOKE = Profile(
     video_size=(160, 120),
     gpu_batches=(1, 2),
     gpu_model=("tiny", 32),
+    multistream_counts=(1, 2),
+    multistream_seconds=2.0,
 )
 
 PROFILES = {p.name: p for p in (QUICK, FULL, SMOKE)}

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import count_frames
 from onnx_models import faulty_model, matmul_model, probe_model
@@ -217,7 +216,7 @@ def test_a_model_that_fails_mid_stream_is_one_line_with_outputs_finalized(tmp_pa
     assert "failed while streaming" in line and "Gather" in line
     summary = read_events(events)[-1]
     assert summary["type"] == "summary" and summary["ended_by"] == "error: ModelError"
-    assert 0 < summary["predictions"] and count_frames(record) == summary["frames"]
+    assert summary["predictions"] > 0 and count_frames(record) == summary["frames"]
 
 
 SLOW_FINALIZE = textwrap.dedent(
