@@ -18,8 +18,11 @@ import os
 import sys
 from pathlib import Path
 
+from rich.console import Console
+
 import stream
 from stream.errors import EpicError, ModelError, OptionError
+from stream.events import STDOUT
 from stream.recorder import CODECS
 from stream.runtime import Device
 from stream.scheduler import DEFAULT_BATCH_WAIT_MS
@@ -78,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--events", type=Path, metavar="OUT.jsonl",
-        help="write one JSON line per prediction, then a summary line per stream (every line "
-        "names its stream)",
+        help="write the events as JSON lines: predictions, segments as they close, stats, then a "
+        "summary line per stream (every line names its stream); '-' writes them to stdout (all "
+        "other output then goes to stderr); SIGHUP reopens the file (logrotate)",
     )  # fmt: skip
     parser.add_argument(
         "--no-display", dest="display", action="store_false",
@@ -165,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="once one stream's clip is ready, wait at most W ms for the others' before running "
         f"the batch (default {DEFAULT_BATCH_WAIT_MS:g})",
     )
+    parser.add_argument(
+        "--max-rate",
+        type=float,
+        metavar="R",
+        help="live streams: at most R predictions a second each (default: 8 on the CPU, no cap "
+        "on a GPU)",
+    )
+    parser.add_argument(
+        "--stats-every",
+        type=float,
+        metavar="SECONDS",
+        help="write a stats line per stream every SECONDS (capture fps, predictions, latency "
+        "p50/p95, drops over the period); default 60 for live streams, none for files; 0: none",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
     return parser
@@ -244,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps,
             batch=args.batch,
             batch_wait_ms=args.batch_wait_ms,
+            max_rate=args.max_rate,
+            stats_every=args.stats_every,
         )
-        pipeline = StreamPipeline(options)
+        # With --events - the events own stdout: everything for people goes to stderr.
+        console = Console(stderr=True) if str(args.events) == STDOUT else None
+        pipeline = StreamPipeline(options, console=console)
         if is_demo:
             pipeline.say(f"no --model given: using the demo model {model}")
         pipeline.run()

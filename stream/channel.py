@@ -34,12 +34,14 @@ import numpy as np
 from stream.capture import CaptureMode, CaptureThread
 from stream.console import StreamStats
 from stream.contract import ModelContract
+from stream.events import MS_DECIMALS, EventWriter, wall_time
 from stream.overlay import OverlayState, draw_overlay
 from stream.prediction import Label, Prediction, top_label
 from stream.ring import FrameRing, Overflow
 from stream.scheduler import ClipPolicy, Lane, PredictionBoard, default_every
 from stream.signals import Stopper
 from stream.sinks import Sink, StreamTotals
+from stream.sketch import LatencySketch
 from stream.smoothing import Smoother
 from stream.source import VideoSource
 
@@ -142,6 +144,7 @@ class StreamChannel:
         doorbell,
         console_view,
         top_k: int,
+        max_rate: float | None = None,
         trace_clips: bool = False,
     ) -> None:
         self.name = name
@@ -165,8 +168,9 @@ class StreamChannel:
         )
         self.board = PredictionBoard(self.ring.cond)
         self.lane = Lane(
-            name, self.ring, self.board, plan.policy, every=plan.every, trace_clips=trace_clips
-        )
+            name, self.ring, self.board, plan.policy,
+            every=plan.every, max_rate=max_rate, trace_clips=trace_clips,
+        )  # fmt: skip
         self.capture = CaptureThread(
             source, self.ring, contract.image_size, self.stop_event, mode=plan.mode, name=name
         )
@@ -190,6 +194,10 @@ class StreamChannel:
         self._top: tuple[tuple[str, float], ...] = ()
         self._percentiles: tuple[float | None, float | None] = (None, None)
         self._finish_lock = threading.Lock()
+        # The current --stats-every period, read and reset by the main thread.
+        self._stats_lock = threading.Lock()
+        self._period_latency = LatencySketch()
+        self._period_start: tuple[float, int, int, int] | None = None  # (time, frames read, predictions, dropped)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -286,6 +294,8 @@ class StreamChannel:
         self.latest = prediction
         self._model_rate.tick(now)
         if math.isfinite(prediction.latency_ms):
+            with self._stats_lock:
+                self._period_latency.add(prediction.latency_ms)
             self._latencies.append(prediction.latency_ms)
             self._percentiles = tuple(float(v) for v in np.percentile(self._latencies, [50, 95]))
         smoothed_scores = self.smoother.scores
@@ -352,6 +362,38 @@ class StreamChannel:
         if self.smoothed is not None or not span or self._first_time_s is None:
             return None
         return max(0.0, span - (time_s - self._first_time_s))
+
+    # -- periodic stats (the main thread) --------------------------------------------------------
+
+    def write_stats(self, writer: EventWriter, now: float | None = None) -> dict[str, Any] | None:
+        """Write a ``stats`` line covering the time since the last one (or the start); the first
+        call only starts the period. Counts come from the capture, so a stalled stream reports
+        its zero rate too."""
+        now = time.monotonic() if now is None else now
+        counts = (now, self.capture.frames, self.board.count, self.dropped)
+        with self._stats_lock:
+            start, self._period_start = self._period_start, counts
+            latency, self._period_latency = self._period_latency, LatencySketch()
+        if start is None:
+            return None
+        period = now - start[0]
+        if period <= 0:
+            return None
+        p50, p95 = latency.percentile(50), latency.percentile(95)
+        record = {
+            "type": "stats",
+            "stream": self.name,
+            "wall_time": wall_time(),
+            "period_s": round(period, 3),
+            "capture_fps": round((counts[1] - start[1]) / period, 3),
+            "predictions": counts[2] - start[2],
+            "predictions_per_s": round((counts[2] - start[2]) / period, 3),
+            "latency_ms_p50": None if p50 is None else round(p50, MS_DECIMALS),
+            "latency_ms_p95": None if p95 is None else round(p95, MS_DECIMALS),
+            "dropped_frames": counts[3] - start[3],
+        }
+        writer.write(record)
+        return record
 
     # -- the end ---------------------------------------------------------------------------------
 

@@ -33,10 +33,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
-from array import array
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,14 +47,17 @@ import numpy as np
 
 from stream.errors import OutputError
 from stream.prediction import NO_ACTION, Label, Prediction
+from stream.sketch import LatencySketch
 
+STDOUT = "-"  # --events -: the lines go to standard output, for a pipe
+SEGMENTS_KEPT = 1000  # the summary's segments: the newest ones; each was written as it closed
 SCORE_DECIMALS = 6
 TIME_DECIMALS = 6  # microseconds: exact enough to tell frames of a 1000 fps source apart
 MS_DECIMALS = 3
 _SUMMARY_SCHEMA = frozenset(
     (
         "type", "stream", "frames", "predictions", "dropped_frames", "video_label", "video_score",
-        "video_label_from", "invalid_predictions", "segments",
+        "video_label_from", "invalid_predictions", "segments", "segments_total", "wall_time",
     )
 )
 
@@ -62,6 +68,8 @@ def check_writable(path: Path | str) -> None:
     Called before the stream starts, so that a typo in an output path is reported at once rather
     than after minutes of video. Used for the events file and the recording alike.
     """
+    if str(path) == STDOUT:
+        return
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder; give a file name")
@@ -71,6 +79,12 @@ def check_writable(path: Path | str) -> None:
     target = path if path.exists() else folder
     if not os.access(target, os.W_OK):
         raise OutputError(f"cannot write {path}: permission denied on {target}")
+
+
+def wall_time(seconds: float | None = None) -> str:
+    """ISO 8601 in UTC to the millisecond: ``2026-12-01T21:04:56.123Z``."""
+    moment = datetime.fromtimestamp(time.time() if seconds is None else seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _round(value: float, decimals: int) -> float | None:
@@ -105,6 +119,7 @@ class _Run:
     start_s: float
     last_s: float
     score_sum: float
+    wall_start: float  # time.time() when its first frame was presented
     frames: int = 1
 
     def as_segment(self, end_s: float) -> dict[str, Any]:
@@ -117,25 +132,42 @@ class _Run:
 
 
 class EventWriter:
-    """The events file: whole JSON lines, flushed one by one, from any thread."""
+    """The events file: whole JSON lines, flushed one by one, from any thread.
+
+    ``--events -`` writes to standard output (for jq or a log shipper). :meth:`reopen` (SIGHUP,
+    the logrotate convention) closes the file and opens the path anew between two lines, so no
+    line is lost or split across a rotation.
+    """
 
     def __init__(self, path: Path | None, file: IO[str] | None) -> None:
         self.path = path
         self._file = file
         self._lock = threading.Lock()
+        self.lines = 0  # written, over every file this writer had
+        self.reopened = 0
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.path is not None and str(self.path) == STDOUT
 
     @classmethod
     def open(cls, path: Path | str | None) -> EventWriter:
-        """A writer to ``path`` (replaced if it exists), or one that writes nothing (None)."""
+        """A writer to ``path`` (replaced if it exists), standard output (``-``), or one that
+        writes nothing (None)."""
         if path is None:
             return cls(None, None)
+        if str(path) == STDOUT:
+            return cls(Path(STDOUT), sys.stdout)
         path = Path(path)
         check_writable(path)
+        return cls(path, cls._open_file(path, "w"))
+
+    @staticmethod
+    def _open_file(path: Path, mode: str) -> IO[str]:
         try:
-            file = path.open("w", encoding="utf-8")
+            return path.open(mode, encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"cannot write events file {path}: {exc.strerror or exc}") from exc
-        return cls(path, file)
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, allow_nan=False) + "\n"
@@ -150,6 +182,17 @@ class EventWriter:
                 raise OutputError(
                     f"cannot write events file {self.path}: {exc.strerror or exc}"
                 ) from exc
+            self.lines += 1
+
+    def reopen(self) -> None:
+        """Start a new file at the same path (after logrotate moved the old one away)."""
+        with self._lock:
+            if self._file is None or self.to_stdout:
+                return
+            self._close_locked()
+            # Append: a rotation that copied and truncated the file keeps what is there.
+            self._file = self._open_file(self.path, "a")
+            self.reopened += 1
 
     def close(self) -> None:
         with self._lock:
@@ -157,7 +200,7 @@ class EventWriter:
 
     def _close_locked(self) -> None:
         file, self._file = self._file, None
-        if file is not None:
+        if file is not None and file is not sys.stdout:
             try:
                 file.close()
             except OSError as exc:
@@ -187,11 +230,12 @@ class EventLog:
         self._full = 0
         self._warmup_sum: np.ndarray | None = None  # warm-up clips: the fallback for short sources
         self._warmup = 0
-        # Every latency, for the summary's exact percentiles: 8 bytes a prediction in an array
-        # (a list of floats took 64 with the inference times, 7 MiB an hour of live stream).
-        self._latencies = array("d")
+        # Latency percentiles from a fixed-size sketch (within 0.5%): a run may last weeks, and
+        # nothing kept per prediction or per segment may grow with it.
+        self._latencies = LatencySketch()
         self._inference_sum = 0.0
-        self._segments: list[dict[str, Any]] = []
+        self._segments: deque[dict[str, Any]] = deque(maxlen=SEGMENTS_KEPT)
+        self._segments_total = 0
         self._run: _Run | None = None
         self._last_time_s: float | None = None
         self._last_frame: int | None = None
@@ -240,13 +284,14 @@ class EventLog:
             if label.index >= 0:
                 self._names.setdefault(label.index, label.name)
         if math.isfinite(pred.latency_ms) and math.isfinite(pred.inference_ms):
-            self._latencies.append(pred.latency_ms)
+            self._latencies.add(pred.latency_ms)
             self._inference_sum += pred.inference_ms
         record = {
             "type": "prediction",
             "stream": self.stream,
             "frame_index": int(pred.frame_index),
             "time_s": _round(pred.time_s, TIME_DECIMALS),
+            "wall_time": wall_time(),
             "raw": _label_json(raw),
             "smoothed": _label_json(smoothed),
             "scores": [_round(s, SCORE_DECIMALS) for s in scores],
@@ -269,14 +314,15 @@ class EventLog:
             self._frame_interval_s = time_s - self._last_time_s
         self._last_time_s = time_s
         run = self._run
+        now = time.time()
         if run is not None and (smoothed is None or smoothed.index != run.index):
             # The run covers its frames up to the moment the next frame replaced it.
-            self._segments.append(run.as_segment(time_s))
+            self._close_segment(run, time_s, now)
             self._run = run = None
         if smoothed is None:
             return
         if run is None:
-            self._run = _Run(smoothed.index, smoothed.name, time_s, time_s, smoothed.score)
+            self._run = _Run(smoothed.index, smoothed.name, time_s, time_s, smoothed.score, now)
         else:
             run.last_s = time_s
             run.score_sum += smoothed.score
@@ -287,7 +333,7 @@ class EventLog:
         if self._summary is not None:
             return self._summary
         if self._run is not None:
-            self._segments.append(self._run.as_segment(self._run.last_s + self._frame_interval_s))
+            self._close_segment(self._run, self._run.last_s + self._frame_interval_s, time.time())
             self._run = None
         if self._full:
             total, count, source = self._score_sum, self._full, "full_clips"
@@ -312,13 +358,15 @@ class EventLog:
             "video_score": _round(video_score, SCORE_DECIMALS),
             "video_label_from": source,
             "invalid_predictions": self._invalid,
-            "segments": self._segments,
+            "segments": list(self._segments),
+            "segments_total": self._segments_total,
             **self._latency_stats(),
         }
         # Extras may refine the latency figures but never change the fixed schema.
         for key, value in _json_safe(extra or {}).items():
             if key not in _SUMMARY_SCHEMA:
                 summary[key] = value
+        summary["wall_time"] = wall_time()
         self._summary = summary
         try:
             self._write(summary)
@@ -329,14 +377,30 @@ class EventLog:
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def _close_segment(self, run: _Run, end_s: float, wall_end: float) -> None:
+        """A segment is written the moment it closes: a consumer never waits for the exit."""
+        segment = run.as_segment(end_s)
+        self._segments.append(segment)
+        self._segments_total += 1
+        self._write(
+            {
+                "type": "segment",
+                "stream": self.stream,
+                **segment,
+                "wall_start": wall_time(run.wall_start),
+                "wall_end": wall_time(wall_end),
+                "wall_time": wall_time(wall_end),
+            }
+        )
+
     def _latency_stats(self) -> dict[str, float | None]:
-        if not self._latencies:
+        sketch = self._latencies
+        if not sketch.count:
             return {"latency_ms_p50": None, "latency_ms_p95": None, "inference_ms_mean": None}
-        p50, p95 = np.percentile(np.frombuffer(self._latencies, np.float64), [50, 95])
         return {
-            "latency_ms_p50": _round(p50, MS_DECIMALS),
-            "latency_ms_p95": _round(p95, MS_DECIMALS),
-            "inference_ms_mean": _round(self._inference_sum / len(self._latencies), MS_DECIMALS),
+            "latency_ms_p50": _round(sketch.percentile(50), MS_DECIMALS),
+            "latency_ms_p95": _round(sketch.percentile(95), MS_DECIMALS),
+            "inference_ms_mean": _round(self._inference_sum / sketch.count, MS_DECIMALS),
         }
 
     def _write(self, record: dict[str, Any]) -> None:

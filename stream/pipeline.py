@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from rich.console import Console
 from stream.channel import DISPLAY_BUDGET_BYTES, StreamChannel, plan_channel
 from stream.console import LiveConsole, StreamsConsole, print_summary
 from stream.errors import OptionError
-from stream.events import EventLog, EventWriter
+from stream.events import STDOUT, EventLog, EventWriter
 from stream.events import check_writable as check_events_path
 from stream.naming import NamedSource, name_sources
 from stream.outputs import check_outputs, record_paths
@@ -52,6 +53,8 @@ __all__ = ["Interrupted", "StreamOptions", "StreamPipeline"]
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
+CPU_MAX_RATE = 8.0  # live predictions/s per stream on the CPU provider unless --max-rate says
+LIVE_STATS_EVERY_S = 60.0  # stats lines of live streams unless --stats-every says
 FINISH_TIMEOUT_S = 10.0  # a stream's presenter to finalize its outputs after the stop
 SCHEDULER_JOIN_S = 2.0  # after a cancel
 WATCH_S = 0.05  # the main thread's wait between window refreshes and error checks
@@ -80,6 +83,10 @@ class StreamOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     batch: int | None = None  # the largest batch; None: the number of streams
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    # Live streams: the most predictions a second; None: 8 on the CPU provider, no cap on a GPU.
+    max_rate: float | None = None
+    # Seconds between stats lines; None: 60 for live streams, none for files; 0: none.
+    stats_every: float | None = None
     trace_clips: bool = False  # keep each stream's recent clips (tests and debugging)
 
     @property
@@ -106,6 +113,10 @@ class StreamOptions:
             raise OptionError(f"--batch must be a whole number of clips >= 1, got {self.batch}")
         if not (math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0):
             raise OptionError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
+        if self.max_rate is not None and not (math.isfinite(self.max_rate) and self.max_rate > 0):
+            raise OptionError(f"--max-rate must be a positive number of predictions a second, got {self.max_rate}")
+        if self.stats_every is not None and not (math.isfinite(self.stats_every) and self.stats_every >= 0):
+            raise OptionError(f"--stats-every must be >= 0 seconds (0: no stats lines), got {self.stats_every}")
         # The smoother checks its own options; two placeholder classes are enough for that.
         make_smoother(
             self.smoothing, ("a", "b"), alpha=self.alpha, window=self.window, min_score=self.min_score
@@ -156,10 +167,11 @@ class StreamPipeline:
         records = record_paths(opts.record, names)
         for path in records.values():
             check_record_path(path)
-        if opts.events is not None:
+        to_file = opts.events is not None and str(opts.events) != STDOUT
+        if to_file:
             check_events_path(opts.events)
         outputs = [("--record", path) for path in records.values()]
-        if opts.events is not None:
+        if to_file:
             outputs.append(("--events", opts.events))
         check_outputs(self.named, outputs, self.say)
         return records
@@ -214,6 +226,9 @@ class StreamPipeline:
             console = StreamsConsole(names, model_name, runner.provider, console=self.console)
         self._console = console
         budget = DISPLAY_BUDGET_BYTES // len(names)
+        max_rate = opts.max_rate
+        if max_rate is None and runner.provider == "CPUExecutionProvider":
+            max_rate = CPU_MAX_RATE
         for k, (named, source) in enumerate(zip(self.named, self._sources, strict=True)):
             plan = plan_channel(
                 source, contract, realtime=opts.realtime, every=opts.every, display_budget=budget
@@ -246,7 +261,7 @@ class StreamPipeline:
                 named.name, source, contract, plan,
                 smoother=smoother, sinks=sinks, stopper=self.stopper, doorbell=scheduler.ring,
                 console_view=console.view_for(named.name), top_k=opts.top_k,
-                trace_clips=opts.trace_clips,
+                max_rate=max_rate, trace_clips=opts.trace_clips,
             )  # fmt: skip
             self.channels.append(channel)
             scheduler.add(channel.lane)
@@ -265,7 +280,7 @@ class StreamPipeline:
             for channel in self.channels:
                 channel.start()
             self.scheduler.start()
-            self._watch(window)
+            self._watch(window, writer, guard)
         except BaseException as exc:
             failure = exc
             raise
@@ -289,9 +304,33 @@ class StreamPipeline:
         if console is not None:
             console.stop()
 
-    def _watch(self, window: GridWindow) -> None:
-        """The main thread's part: the window, and noticing the end or a shared failure."""
+    def _stats_every(self, channel: StreamChannel) -> float:
+        every = self.options.stats_every
+        if every is None:
+            return LIVE_STATS_EVERY_S if channel.plan.mode.is_live else 0.0
+        return every
+
+    def _watch(self, window: GridWindow, writer: EventWriter, guard: SignalGuard) -> None:
+        """The main thread's part: the window, SIGHUP, stats lines, and noticing the end or a
+        shared failure."""
+        hangups = 0
+        periods = {channel.name: self._stats_every(channel) for channel in self.channels}
+        next_stats = {}
+        for channel in self.channels:
+            if periods[channel.name]:
+                channel.write_stats(writer)  # starts the first period
+                next_stats[channel.name] = time.monotonic() + periods[channel.name]
         while any(channel.running for channel in self.channels):
+            if guard.hangups != hangups:
+                hangups = guard.hangups
+                writer.reopen()
+                log.info("SIGHUP: reopened %s", writer.path)
+            now = time.monotonic()
+            for channel in self.channels:
+                due = next_stats.get(channel.name)
+                if due is not None and now >= due and channel.running:
+                    channel.write_stats(writer, now)
+                    next_stats[channel.name] = due + periods[channel.name]
             if not window.refresh():
                 for channel in self.channels:
                     channel.ended_by = "quit by the user"

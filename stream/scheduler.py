@@ -134,10 +134,13 @@ class Lane:
         policy: ClipPolicy,
         *,
         every: int | None = None,
+        max_rate: float | None = None,
         trace_clips: bool = False,
     ) -> None:
         if policy is ClipPolicy.FIXED and not every:
             raise ValueError("a FIXED lane needs every >= 1")
+        if max_rate is not None and not max_rate > 0:
+            raise ValueError(f"max_rate must be positive, got {max_rate}")
         self.name = name
         self.ring = ring
         self.board = board
@@ -145,6 +148,10 @@ class Lane:
         self.every = every
         self._due = 0  # FIXED: the frame the next clip ends at
         self._last = -1  # NEWEST: the newest frame of the last clip
+        # NEWEST: at most max_rate clips a second (--max-rate): a CPU box need not re-predict
+        # the same second of video as fast as it can.
+        self._interval_s = 0.0 if max_rate is None or policy is ClipPolicy.FIXED else 1.0 / max_rate
+        self.next_allowed = 0.0  # time.monotonic() before which the next clip may not be taken
         self.done = False
         # The clips run for this lane (which frames, what was available), for tests and
         # debugging only: a deque per prediction has no place in a run that lasts weeks.
@@ -155,6 +162,9 @@ class Lane:
     def poll(self) -> LaneState:
         if self.done:
             return LaneState.DONE
+        if self._interval_s and time.monotonic() < self.next_allowed:
+            # Rate-capped; if the source has ended meanwhile, its last clip is still owed.
+            return LaneState.WAITING
         if self.policy is ClipPolicy.FIXED:
             ready = self.ring.ready_through(self._due)
         else:
@@ -173,6 +183,8 @@ class Lane:
             with ring.cond:  # the newest frame now, and no newer one slips in before the gather
                 clip = ring.gather(ring.head - 1, num_frames, clip_seconds, out)
             self._last = clip.newest.seq
+            if self._interval_s:
+                self.next_allowed = time.monotonic() + self._interval_s
         if self.clips is not None:
             self.clips.append(clip)
         return clip
@@ -270,7 +282,7 @@ class InferenceScheduler(threading.Thread):
             if open_lanes == 0:
                 return
             if not ready:
-                self._wait(seen, _WAIT_S)
+                self._wait(seen, self._idle_wait())
                 continue
             target = min(self.max_batch, open_lanes)
             if len(ready) < target and self.batch_wait_s > 0:
@@ -285,6 +297,13 @@ class InferenceScheduler(threading.Thread):
                 if stop.is_set() or not ready:
                     continue
             self._run_batch(ready[: self.max_batch])
+
+    def _idle_wait(self) -> float:
+        """How long to sleep when no lane is ready: until the doorbell, or until a rate-capped
+        lane may go again (nothing rings for that)."""
+        now = time.monotonic()
+        due = [lane.next_allowed - now for lane in self.lanes if not lane.done and lane.next_allowed > now]
+        return min([_WAIT_S, *due])
 
     def _run_batch(self, batch: list[Lane]) -> None:
         contract, runner = self.contract, self.runner

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# logrotate's convention: reopen the log files. Not on Windows.
+SIGHUP = getattr(signal, "SIGHUP", None)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -67,12 +69,16 @@ class Stopper:
 
 
 class SignalGuard:
-    """SIGINT/SIGTERM handlers for one run (only in the main thread; elsewhere it does nothing)."""
+    """SIGINT/SIGTERM (and SIGHUP) handlers for one run (only in the main thread; elsewhere it
+    does nothing)."""
 
     def __init__(self, stopper: Stopper) -> None:
         self._stopper = stopper
         self.finalizing = False
         self.signum: int | None = None
+        # SIGHUP only raises this flag: the main thread reopens the events file between two lines
+        # (a handler that took the writer's lock could deadlock the thread it interrupted).
+        self.hangups = 0
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
@@ -91,12 +97,17 @@ class SignalGuard:
             raise Interrupted(signum)
         # A first signal during finalization is noted (the exit code says so) and lets it finish.
 
+    def _hangup(self, signum: int, frame) -> None:
+        self.hangups += 1
+
     @contextmanager
     def installed(self) -> Iterator[SignalGuard]:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
         previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        if SIGHUP is not None:
+            previous[SIGHUP] = signal.signal(SIGHUP, self._hangup)
         try:
             yield self
         finally:

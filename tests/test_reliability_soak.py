@@ -67,10 +67,9 @@ def test_the_figures_describe_the_judged_samples(warmup):
     assert result.fds == (9, 9) and result.threads == (10, 10)
 
 
-def test_the_events_log_keeps_a_few_bytes_a_prediction():
-    """The one record that grows with a run: the latencies kept for the summary's exact
-    percentiles. At 30 predictions a second it must stay near 8 bytes each (under 1 MiB an hour),
-    not the 64 bytes of Python float lists."""
+def test_the_events_log_keeps_nothing_per_prediction():
+    """Nothing the events log keeps grows with the number of predictions: latency percentiles
+    come from a fixed-size sketch (it used to keep 8 bytes a prediction, 64 before that)."""
     import tracemalloc
 
     import numpy as np
@@ -95,6 +94,7 @@ def test_the_events_log_keeps_a_few_bytes_a_prediction():
         per_prediction = (tracemalloc.get_traced_memory()[0] - before) / 40000
     finally:
         tracemalloc.stop()
-    assert per_prediction < 16, f"{per_prediction:.1f} bytes a prediction"
+    assert per_prediction < 0.5, f"{per_prediction:.1f} bytes a prediction"  # nothing grows
     summary = log.close(frames=41000, dropped_frames=0)
-    assert summary["latency_ms_p50"] == 13.0 and summary["inference_ms_mean"] == pytest.approx(6.0, abs=1e-3)
+    assert summary["latency_ms_p50"] == pytest.approx(13.0, rel=0.006)
+    assert summary["inference_ms_mean"] == pytest.approx(6.0, abs=1e-3)
