@@ -3,6 +3,7 @@ periodic stats and a prediction-rate cap for live streams."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -37,7 +38,7 @@ def test_max_rate_caps_a_live_streams_predictions(tmp_path, probe, mjpeg_server)
     times = [p["time_s"] for p in predictions]
     # One prediction every 0.25 s (frames arrive every 33 ms: without the cap, ~30/s). The gaps
     # are between arrival times of the clips' newest frames, which a busy machine bunches.
-    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
     assert len(predictions) <= 3 * 4 + 2 and gaps[len(gaps) // 2] >= 0.2, gaps
 
 
