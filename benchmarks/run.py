@@ -24,7 +24,17 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from benchmarks import decode, gpu, inference, latency, memory, original, overhead, report
+from benchmarks import (
+    decode,
+    gpu,
+    inference,
+    latency,
+    memory,
+    original,
+    overhead,
+    recording,
+    report,
+)
 from benchmarks.common import (
     BENCH_DIR,
     DEFAULT_CACHE,
@@ -44,6 +54,7 @@ SECTIONS = {
     "original": original,
     "memory": memory,
     "gpu": gpu,
+    "recording": recording,
 }
 
 
