@@ -327,6 +327,6 @@ def _say_fallback(why: str) -> None:
         _fallback_said = True
         log.warning(
             "%s: recordings are MPEG-4 Part 2 (mp4v) at a constant rate, which browsers do not "
-            "play; `pip install av` gives H.264",
+            "play; install PyAV (pip install av) for H.264",
             why,
         )

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FPS = 30.0
 SIZE = (320, 240)  # the overlay leaves rows 125-207 of this size untouched
 BITS, CELL_TOP, CELL_BOTTOM = 10, 140, 190  # frame index in 10 cells of 32 px: up to 1023
+KILL_AT_S = 4.5  # between two keyframes (forced on whole seconds), so a fragment is open
 
 
 def coded_frame(index: int, size: tuple[int, int] = SIZE) -> np.ndarray:
@@ -179,13 +180,13 @@ def test_a_realtime_recording_with_drops_spans_the_wall_time(tmp_path, probe, mo
         return read(self, into, stop)
 
     monkeypatch.setattr(stream.source.CaptureSource, "_read_next", hiccup)
-    frames = 240  # 8 s
+    frames = 360  # 12 s: start-up and shutdown (about 0.1 s) stay well inside the 2%
     video = coded_video(tmp_path / "coded.avi", frames)
     record, events = tmp_path / "out.mp4", tmp_path / "e.jsonl"
     assert main(["--source", str(video), "--model", str(probe), "--realtime", "--record",
                  str(record), "--events", str(events), "--no-display"]) == 0  # fmt: skip
     summary = events_of(events)[-1]
-    assert summary["dropped_frames"] > frames / 8  # the drops were forced
+    assert summary["dropped_frames"] > frames / 8  # the drops were forced (about a quarter)
     recorded = decoded(record)
     assert len(recorded) == summary["frames"]
     # Each frame at its source time: index / fps.
@@ -208,13 +209,13 @@ def test_after_sigkill_the_mp4_plays_every_frame_but_the_last_two_seconds(tmp_pa
     try:
         deadline = time.monotonic() + 60
         last = 0.0
-        while last < 4.0 and proc.poll() is None and time.monotonic() < deadline:
+        while last < KILL_AT_S and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
             if events.exists():
                 lines = [json.loads(x) for x in events.read_text().splitlines()]
                 last = max((x["time_s"] for x in lines if x["type"] == "prediction"), default=0.0)
         assert proc.poll() is None, "the stream ended before it was killed"
-        assert last >= 4.0
+        assert last >= KILL_AT_S
         proc.kill()  # SIGKILL: no handler, no finalization
         proc.wait(5)
     finally:
