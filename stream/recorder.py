@@ -280,7 +280,13 @@ class VideoRecorder:
             try:
                 self._file.write(frame, time_s)
             except self._errors as exc:
-                self._fail(f"the video could not be written ({exc})")
+                # Past the reserve (another writer filled the disk between checks): the fragment
+                # being written is cut, the ones before it play.
+                self._fail(
+                    f"the video could not be written ({exc})",
+                    kept="plays up to its last whole fragment, at most a second before frame "
+                    f"{self.frames_written}",
+                )
         self.frames_written += 1
 
     def _check_space(self) -> None:
@@ -291,15 +297,13 @@ class VideoRecorder:
         if free < RESERVE_BYTES:
             self._fail(f"the disk is full ({free // (1024 * 1024)} MiB left)")
 
-    def _fail(self, why: str) -> None:
-        frames = self.frames_written
+    def _fail(self, why: str, kept: str | None = None) -> None:
+        kept = kept or f"keeps the {self.frames_written} frames written so far"
         try:
             self.close()
-        except OutputError as exc:  # the reason it stopped matters more than the closing
-            log.warning("%s", exc)
-        raise OutputError(
-            f"recording stopped: {why}; {self.path} keeps the {frames} frames written so far"
-        )
+        except OutputError as exc:  # expected after a failed write; the reason it stopped is news
+            log.debug("%s", exc)
+        raise OutputError(f"recording stopped: {why}; {self.path} {kept}")
 
     def close(self) -> int:
         """Finish the file (idempotent); returns the number of frames written."""

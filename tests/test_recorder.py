@@ -8,9 +8,12 @@ is, whatever the encoder did to it.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,11 +25,12 @@ import numpy as np
 import pytest
 from conftest import count_frames, write_video
 from onnx_models import probe_model
-from reliability_util import mp4_boxes
+from reliability_util import mp4_boxes, one_line_error, tmpfs
 
 import stream.recorder
 import stream.source
 from stream.__main__ import main
+from stream.errors import OutputError
 from stream.recorder import KEYFRAME_EVERY_S, VideoRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,6 +236,37 @@ def test_after_sigkill_the_mp4_plays_every_frame_but_the_last_two_seconds(tmp_pa
     assert recorded[0][1] == 0 and times[-1] >= shown_s - 2.0  # lacks at most the last 2 s
     assert max(np.diff(times)) < 0.5  # no fragment missing in between (drops are single frames)
     assert count_frames(record) == len(recorded)
+
+
+def test_a_write_that_fails_past_the_reserve_is_one_line(tmp_path, probe, capsys, monkeypatch):
+    """Another program fills the disk between two free-space checks: the muxer's ENOSPC ends the
+    run with one line, and the fragments written before it play."""
+    monkeypatch.setattr(stream.recorder, "RESERVE_BYTES", 0)  # the checks never stop it first
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8) for _ in range(8)]
+    video = write_video(tmp_path / "noise.avi", [noise[i % 8] for i in range(150)])
+    with tmpfs(1 << 20) as disk:  # about 55 noise frames of H.264
+        if disk is None:  # no mount here: the muxer's write fails as on a full disk
+            disk = tmp_path
+            write = stream.recorder._H264File.write
+
+            def filling(self, frame, time_s):
+                if time_s >= 50 / FPS:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                write(self, frame, time_s)
+
+            monkeypatch.setattr(stream.recorder._H264File, "write", filling)
+        record = disk / "out.mp4"
+        rc = main(["--source", str(video), "--model", str(probe), "--record", str(record),
+                   "--no-display"])  # fmt: skip
+        line = one_line_error(capsys.readouterr().err, "epic-stream")
+        playable = count_frames(record)
+    assert rc == OutputError.exit_code
+    match = re.search(r"recording stopped: the video could not be written \(.*No space left on "
+                      r"device.*\); (.+) plays up to its last whole fragment, at most a second "
+                      r"before frame (\d+)$", line)  # fmt: skip
+    assert match and match.group(1) == str(record), line
+    assert int(match.group(2)) - FPS <= playable <= int(match.group(2))
 
 
 # -- without PyAV ---------------------------------------------------------------------------------
