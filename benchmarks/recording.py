@@ -1,4 +1,4 @@
-"""(8) Recording: what ``--record`` costs the presenter per frame, H.264 (PyAV) vs OpenCV mp4v.
+"""(9) Recording: what ``--record`` costs the presenter per frame, H.264 (PyAV) vs OpenCV mp4v.
 
 Each frame the presenter records is encoded in its own thread, so the encode time per frame is
 taken from the frame rate the presenter can keep. Timed here through :class:`VideoRecorder`
@@ -22,7 +22,7 @@ from benchmarks.common import Bench, SectionResult, Stats, md_table
 from benchmarks.footage import footage_video, read_frames
 from stream.recorder import VideoRecorder
 
-TITLE = "8. Recording: encode cost per frame, H.264 (PyAV libx264) vs OpenCV mp4v"
+TITLE = "9. Recording: encode cost per frame, H.264 (PyAV libx264) vs OpenCV mp4v"
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster")
 SIZES = ((640, 480), (1280, 720))
 FRAMES = 120

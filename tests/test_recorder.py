@@ -234,8 +234,55 @@ def test_after_sigkill_the_mp4_plays_every_frame_but_the_last_two_seconds(tmp_pa
     times = [t for t, _ in recorded]
     assert times == pytest.approx([i / FPS for _, i in recorded], abs=1e-4)
     assert recorded[0][1] == 0 and times[-1] >= shown_s - 2.0  # lacks at most the last 2 s
-    assert max(np.diff(times)) < 0.5  # no fragment missing in between (drops are single frames)
+    indices = [i for _, i in recorded]
+    assert indices == sorted(set(indices))  # in order (gaps are the run's own drops)
     assert count_frames(record) == len(recorded)
+
+
+# A live recorder in a child process: frames stamped by the wall clock, each reported on stdout
+# once the recorder has taken it, so the parent knows exactly what was written before the kill.
+LIVE_RECORDER = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from test_recorder import coded_frame
+from stream.recorder import VideoRecorder
+recorder = VideoRecorder(sys.argv[1], fps=None)
+start = time.monotonic()
+for index in range(1000):
+    time_s = time.monotonic() - start
+    recorder.write(coded_frame(index), time_s)
+    print(index, repr(time_s), flush=True)
+    time.sleep(1 / 30)
+"""
+
+
+def test_after_sigkill_every_frame_written_plays_but_the_last_two_seconds(tmp_path):
+    record = tmp_path / "live.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIVE_RECORDER, str(record), str(ROOT / "tests")], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    written: list[float] = []
+    try:
+        for line in proc.stdout:
+            written.append(float(line.split()[1]))
+            if written[-1] >= KILL_AT_S:
+                break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and written[-1] >= KILL_AT_S
+    recorded = decoded(record)
+    # Every frame written, from the first, in order, at its time, up to at most 2 s before the kill.
+    assert [i for _, i in recorded] == list(range(len(recorded)))
+    expected = [t - written[0] for t in written[: len(recorded)]]  # the first frame is 0
+    assert [t for t, _ in recorded] == pytest.approx(expected, abs=1e-4)
+    assert recorded[-1][0] >= written[-1] - 2.0
+    assert len(recorded) < len(written)  # the open fragment was lost: the kill was real
 
 
 def test_a_write_that_fails_past_the_reserve_is_one_line(tmp_path, probe, capsys, monkeypatch):
