@@ -42,8 +42,9 @@ CODECS = {".mp4": "h264", ".m4v": "h264", ".mov": "h264", ".mkv": "h264", ".avi"
 FALLBACK_FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 H264_ENCODER = "libx264"
 # superfast: the presenter encodes in its own thread, so the cost per frame bounds its rate; make
-# bench ("recording") measured 4.7 / 10 ms a frame at 640x480 / 1280x720 on 2 shared cores, half
-# of ultrafast's bytes and within 15% of veryfast's at two thirds of its time. zerolatency: no
+# bench ("recording", two runs on 2 busy shared cores) measured 4.5-4.7 ms a frame at 640x480 and
+# 10-19 ms at 1280x720 (mp4v: 2.7-3.5 and 6.6-11), half of ultrafast's bytes and within 15% of
+# veryfast's, at two thirds of veryfast's time at 720p. zerolatency: no
 # lookahead and no B-frames, so every frame leaves the encoder as it goes in, and a kill loses
 # only the fragment being built.
 H264_OPTIONS = {"preset": "superfast", "tune": "zerolatency", "crf": "23"}
