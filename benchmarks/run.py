@@ -33,6 +33,7 @@ from benchmarks import (
     multistream,
     original,
     overhead,
+    recording,
     report,
 )
 from benchmarks.common import (
@@ -55,6 +56,7 @@ SECTIONS = {
     "memory": memory,
     "gpu": gpu,
     "multistream": multistream,
+    "recording": recording,
 }
 
 

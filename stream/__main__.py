@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--record",
         type=Path,
         metavar="OUT.mp4",
-        help="write the annotated video: every presented frame, at the source size and frame rate "
-        f"(measured for live sources); {', '.join(sorted(CODECS))}. With several streams the "
-        "path must contain {stream}, e.g. 'out/{stream}.mp4'",
+        help="write the annotated video: every presented frame at the source size, each at its "
+        f"source time (H.264; .avi: Motion JPEG); {', '.join(sorted(CODECS))}. With several "
+        "streams the path must contain {stream}, e.g. 'out/{stream}.mp4'",
     )
     parser.add_argument(
         "--events", type=Path, metavar="OUT.jsonl",

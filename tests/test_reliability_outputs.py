@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import cv2
@@ -147,19 +148,27 @@ def test_an_events_file_on_a_disk_that_fills_is_one_line_and_the_recording_survi
     assert not epic_threads()
 
 
+@pytest.mark.parametrize("pyav", [True, False], ids=["h264", "mp4v"])
 @pytest.mark.parametrize("fps", [1000 / 7, 136.987, 999.9])
-def test_a_fast_frame_rate_with_decimals_can_be_recorded(tmp_path, fps):
-    """MPEG-4's time base cannot hold 136.987 as 136987/1000; the recorder rounds it."""
+def test_a_fast_frame_rate_with_decimals_can_be_recorded(tmp_path, fps, pyav, monkeypatch):
+    """MPEG-4's time base cannot hold 136.987 as 136987/1000; the OpenCV fallback rounds it.
+    H.264 times each frame by its source time at 90 kHz."""
+    if not pyav:
+        monkeypatch.setitem(sys.modules, "av", None)  # import av fails: the OpenCV fallback
     recorder = VideoRecorder(tmp_path / "out.mp4", fps=fps)
-    for level in range(0, 200, 10):
-        recorder.write(np.full((48, 64, 3), level, np.uint8), 0.0)
+    for i, level in enumerate(range(0, 200, 10)):
+        recorder.write(np.full((48, 64, 3), level, np.uint8), i / fps)
+    assert recorder.codec == ("h264" if pyav else "mp4v")
     assert recorder.close() == 20
     assert count_frames(tmp_path / "out.mp4") == 20
     assert abs(cv2.VideoCapture(str(tmp_path / "out.mp4")).get(cv2.CAP_PROP_FPS) - fps) < 0.5
 
 
-def test_a_live_camera_measured_above_65_fps_is_recorded(tmp_path):
-    recorder = VideoRecorder(tmp_path / "cam.mp4", fps=None)  # measures the rate, like live
+@pytest.mark.parametrize("pyav", [True, False], ids=["h264", "mp4v"])
+def test_a_live_camera_measured_above_65_fps_is_recorded(tmp_path, pyav, monkeypatch):
+    if not pyav:
+        monkeypatch.setitem(sys.modules, "av", None)  # import av fails: the OpenCV fallback
+    recorder = VideoRecorder(tmp_path / "cam.mp4", fps=None)  # live: OpenCV measures the rate
     for i in range(40):
         recorder.write(np.full((48, 64, 3), 5 * i, np.uint8), i / 136.987)
     assert recorder.close() == 40
