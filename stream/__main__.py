@@ -34,6 +34,7 @@ from stream.smoothing import (
     SmoothingPolicy,
 )
 from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS
+from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
 
 PROG = "epic-stream"
 DEMO_MODEL = Path(stream.__file__).resolve().parents[1] / "models" / "demo.onnx"
@@ -183,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a stats line per stream every SECONDS (capture fps, predictions, latency "
         "p50/p95, drops over the period); default 60 for live streams, none for files; 0: none",
     )
+    server = parser.add_argument_group("inference on a Triton Inference Server")
+    server.add_argument(
+        "--server",
+        metavar="grpc://HOST:PORT[/MODEL]",
+        help="send the clips to a Triton server (grpc:// or http://) instead of running --model "
+        "here; --model still gives the contract, which the server's model must match. MODEL "
+        "defaults to --model's file stem, the name epic-export --triton-repo gives it",
+    )
+    server.add_argument(
+        "--server-timeout", type=float, default=DEFAULT_SERVER_TIMEOUT_S, metavar="S",
+        help="seconds each request may take before the server counts as lost "
+        f"(default {DEFAULT_SERVER_TIMEOUT_S:g})",
+    )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
     return parser
@@ -264,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_wait_ms=args.batch_wait_ms,
             max_rate=args.max_rate,
             stats_every=args.stats_every,
+            server=args.server,
+            server_timeout_s=args.server_timeout,
         )
         # With --events - the events own stdout: everything for people goes to stderr.
         console = Console(stderr=True) if str(args.events) == STDOUT else None

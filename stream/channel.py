@@ -53,6 +53,7 @@ LAST_RESULT_TIMEOUT_S = 30.0  # a source that ended waits this long for its last
 MAX_RING_SLOTS = 4096  # model-size frames: 600 MB at 224 px; only an absurd clip_seconds gets here
 LIVE_DISPLAY_SLOTS = 8  # how far the presenter may lag a live source before frames drop
 DISPLAY_BUDGET_BYTES = 512 * 1024 * 1024  # full-size frames held for files' presenters, all streams
+SERVER_LOST = "server lost"
 LIVE_FPS_ASSUMED = 60.0  # cameras misstate their rate; size the live ring for the fast case
 
 
@@ -169,7 +170,7 @@ class StreamChannel:
         self.board = PredictionBoard(self.ring.cond)
         self.lane = Lane(
             name, self.ring, self.board, plan.policy,
-            every=plan.every, max_rate=max_rate, trace_clips=trace_clips,
+            every=plan.every, max_rate=max_rate, trace_clips=trace_clips, on_server=self._on_server,
         )  # fmt: skip
         self.capture = CaptureThread(
             source, self.ring, contract.image_size, self.stop_event, mode=plan.mode, name=name
@@ -319,6 +320,8 @@ class StreamChannel:
         stale = latest is None or (
             self.plan.every is None and info.time_s - latest.time_s > STALE_AFTER_S
         )
+        notice = SERVER_LOST if self.lane.server_lost else None
+        stale = stale or notice is not None
         label = self.smoothed or Label.no_action()
         capture_fps, model_fps = self._capture_rate.rate(), self._model_rate.rate()
         if any(sink.wants_image for sink in self.sinks):
@@ -335,6 +338,7 @@ class StreamChannel:
                     stale=stale,
                     source_name=self.name,
                     warmup_s=self._warmup_left(info.time_s),
+                    notice=notice,
                 ),
             )
         for sink in self.sinks:
@@ -351,10 +355,21 @@ class StreamChannel:
                 latency_ms_p50=p50,
                 latency_ms_p95=p95,
                 position_s=info.time_s,
+                notice=notice,
             ),
             label,
             self._top,
         )
+
+    def _on_server(self, event) -> None:
+        """The scheduler lost the inference server or got it back (its thread): tell the sinks
+        (the events line) now; the presenter shows it from ``lane.server_lost``."""
+        wall_s = time.monotonic() - (self.started_at or time.monotonic())
+        for sink in self.sinks:
+            try:
+                sink.server(event.lost, wall_s, event.detail, event.outages)
+            except Exception as exc:  # this stream's output; the presenter meets it again
+                log.warning("%s: cannot write the server event: %s", self.name, exc)
 
     def _warmup_left(self, time_s: float) -> float | None:
         """Source seconds until the first full clip, while no label is shown yet."""
@@ -425,6 +440,8 @@ class StreamChannel:
                 "mode": self.plan.mode.value,
                 "every": self.plan.every,
             }
+            if self.lane.outages is not None:  # --server: how often it was lost
+                extra["server_outages"] = self.lane.outages
             close_errors: list[BaseException] = []
             summary: dict[str, Any] | None = None
             ordered = sorted(self.sinks, key=lambda sink: sink.__class__.__name__ == "EventsSink")

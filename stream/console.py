@@ -48,6 +48,7 @@ class StreamStats:
     latency_ms_p50: float | None
     latency_ms_p95: float | None
     position_s: float | None  # source time of the newest presented frame
+    notice: str | None = None  # e.g. "server lost": predictions are paused
 
 
 def _num(value: float | None, unit: str, digits: int = 1) -> str:
@@ -183,6 +184,7 @@ class LiveConsole:
                 f"model {_num(stats.model_fps, 'fps')}",
                 f"latency p50 {_num(stats.latency_ms_p50, 'ms', 0)} p95 {_num(stats.latency_ms_p95, 'ms', 0)}",
                 f"dropped {stats.dropped_frames}",
+                *((stats.notice,) if stats.notice else ()),
             )
         )
 
@@ -206,6 +208,8 @@ class LiveConsole:
                 f"p50 {_num(stats.latency_ms_p50, 'ms', 0)}   p95 {_num(stats.latency_ms_p95, 'ms', 0)}",
             )
             grid.add_row("dropped", f"{stats.dropped_frames} frames")
+            if stats.notice:
+                grid.add_row("server", Text(stats.notice, style="bold red"))
             style = "bold green" if label.is_action else "dim"
             grid.add_row("label", Text(_label_text(label), style=style))
             if top_k:
@@ -321,6 +325,7 @@ class StreamsConsole:
                 f"model {_num(stats.model_fps, 'fps')}",
                 f"latency p95 {_num(stats.latency_ms_p95, 'ms', 0)}",
                 f"dropped {stats.dropped_frames}",
+                *((stats.notice,) if stats.notice else ()),
             )
         )
 
@@ -343,7 +348,9 @@ class StreamsConsole:
                 _num(stats.model_fps, ""),
                 _num(stats.latency_ms_p95, "", 0),
                 str(stats.dropped_frames),
-                Text(_label_text(label), style="bold green" if label.is_action else "dim"),
+                Text(stats.notice, style="bold red")
+                if stats.notice
+                else Text(_label_text(label), style="bold green" if label.is_action else "dim"),
             )
         return table
 

@@ -36,3 +36,15 @@ class ProviderError(EpicError):
 
 class OutputError(EpicError):
     """An output (recording, events file, exported model) cannot be written."""
+
+
+class ServerError(EpicError):
+    """The inference server (``--server``) is down, lacks the model, or serves another model."""
+
+
+class InferenceUnavailable(Exception):
+    """Inference cannot run for now (a lost or restarting server); it may come back.
+
+    Not an :class:`EpicError` (the user cannot fix it by changing the command) and not a bug: the
+    scheduler pauses predictions, retries with backoff and reports the outage.
+    """

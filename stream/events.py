@@ -6,6 +6,11 @@ Prediction line::
      "raw": {"label": str, "score": float}, "smoothed": {"label": str, "score": float},
      "scores": [float, ...], "latency_ms": float, "warmup": bool}
 
+Server line (``--server`` only: the inference server was lost, or is back)::
+
+    {"type": "server", "stream": str, "state": "lost" | "restored", "wall_s": float,
+     "detail": str, "outages": int}
+
 Summary line (the last line of its stream)::
 
     {"type": "summary", "stream": str, "frames": int, "predictions": int, "dropped_frames": int,
@@ -301,6 +306,18 @@ class EventLog:
         if not valid:
             record["invalid"] = True
         self._write(record)
+
+    def write_server(self, state: str, wall_s: float, detail: str, outages: int) -> None:
+        """Log that the inference server was lost or is back. Called on the scheduler thread, at
+        once: the writer is thread-safe and this touches none of the presenter's state."""
+        if self.closed:
+            return  # the stream has ended; the outage is the others' news
+        self._write(
+            {
+                "type": "server", "stream": self.stream, "state": state,
+                "wall_s": _round(wall_s, MS_DECIMALS), "detail": detail, "outages": int(outages),
+            }
+        )  # fmt: skip
 
     def note_frame(self, frame_index: int, time_s: float, smoothed: Label | None) -> None:
         """Record the label shown on a presented frame; None (no result yet) is in no segment.

@@ -53,6 +53,7 @@ class OverlayState:
     # Seconds of source still needed before the first full clip (None: warmed up). Until then the
     # model only sees clips padded with the first frame, whose answers are not shown.
     warmup_s: float | None = None
+    notice: str | None = None  # shown instead of "waiting", e.g. "server lost"
 
 
 def class_colour(name: str) -> tuple[int, int, int]:
@@ -182,7 +183,8 @@ def _draw_label(frame: np.ndarray, state: OverlayState, lay: Layout, top: int) -
     if state.warmup_s is not None and not label.is_action:
         name, right = "warming up", f"{state.warmup_s:.1f} s"
     elif state.stale:
-        name, right = (label.name, WAITING) if label.is_action else (WAITING, "")
+        waiting = state.notice or WAITING
+        name, right = (label.name, waiting) if label.is_action else (waiting, "")
     elif label.is_action:
         right = _percent(label.score)
     baseline = top + lay.pad + style.height

@@ -46,6 +46,7 @@ from stream.signals import Interrupted, SignalGuard, Stopper
 from stream.sinks import EventsSink, RecorderSink
 from stream.smoothing import SmoothingPolicy, make_smoother
 from stream.source import DEFAULT_RECONNECTS, DEFAULT_TIMEOUT_S, VideoSource, open_source
+from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
 from stream.window import GridWindow
 
 __all__ = ["Interrupted", "StreamOptions", "StreamPipeline"]
@@ -88,6 +89,8 @@ class StreamOptions:
     # Seconds between stats lines; None: 60 for live streams, none for files; 0: none.
     stats_every: float | None = None
     trace_clips: bool = False  # keep each stream's recent clips (tests and debugging)
+    server: str | None = None  # grpc://HOST:PORT[/MODEL]: inference on a Triton server
+    server_timeout_s: float = DEFAULT_SERVER_TIMEOUT_S
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -178,6 +181,16 @@ class StreamPipeline:
 
     def _open_model(self) -> tuple[Runner, Any]:
         opts = self.options
+        if opts.server is not None:
+            from stream.triton_client import open_triton
+
+            runner, contract = open_triton(
+                opts.server, opts.model, batch=opts.batch or len(self.named),
+                timeout_s=opts.server_timeout_s,
+            )  # fmt: skip
+            self.provider = runner.provider
+            self.say(f"model {Path(opts.model).name} on {runner.provider}, batches of up to {runner.max_batch}")
+            return runner, contract
         session, contract, provider = create_session(opts.model, opts.device, opts.threads)
         self.provider = provider
         wanted = opts.batch or len(self.named)

@@ -18,6 +18,15 @@ after the last served, so no stream starves when more are ready than a batch hol
 is not ready (a stalled camera, an I-frame pause, a reconnect) never holds a batch beyond the
 wait: the others go without it.
 
+A runner on a server (:class:`~stream.triton_client.TritonRunner`) may lose it: its run raises
+:class:`~stream.errors.InferenceUnavailable`. That is an outage, not an error: the scheduler keeps
+the batch, waits (0.5 s, 1, 2, ... at most ``BACKOFF_MAX_S``) and tries again, and tells every lane
+when the server is lost and when it is back (a :class:`ServerEvent`, which the channels write to the
+events and show). Meanwhile capture, recording and the view go on. A ``FIXED`` lane's clip stays in
+the retried batch, and its capture waits through the ring's backpressure, so a file gives the same
+predictions with or without an outage; a ``NEWEST`` lane takes its newest clip again at each retry,
+skipping the clips of the outage as it always skips what the model had no time for.
+
 Nothing here polls: captures ring the scheduler's doorbell when they publish or close, and a
 stop rings it too. Latency is measured per prediction, from the capture of the clip's newest
 frame to the result.
@@ -29,10 +38,12 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 from stream.contract import ModelContract
-from stream.errors import ModelError
+from stream.errors import InferenceUnavailable, ModelError
 from stream.prediction import Prediction
 from stream.ring import ClipInfo, FrameRing
 from stream.runtime import Runner
@@ -42,6 +53,8 @@ log = logging.getLogger(__name__)
 
 _WAIT_S = 0.5  # a safety net under the doorbell, not a polling interval
 DEFAULT_BATCH_WAIT_MS = 5.0
+BACKOFF_START_S = 0.5  # the first retry after an outage begins; doubled each time
+BACKOFF_MAX_S = 8.0
 
 
 def default_every(fps: float | None) -> int:
@@ -54,6 +67,15 @@ class ClipPolicy(Enum):
 
     FIXED = "fixed"  # files: the clip ending at every ``every``-th frame, none skipped
     NEWEST = "newest"  # live: the clip ending at the newest frame, whenever there is a new one
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """The inference server was lost or is back; handed to every lane's ``on_server``."""
+
+    lost: bool
+    detail: str  # lost: why (the client's first line); restored: how long it was out
+    outages: int  # outages so far, this one included
 
 
 class LaneState(Enum):
@@ -136,6 +158,7 @@ class Lane:
         every: int | None = None,
         max_rate: float | None = None,
         trace_clips: bool = False,
+        on_server: Callable[[ServerEvent], None] | None = None,
     ) -> None:
         if policy is ClipPolicy.FIXED and not every:
             raise ValueError("a FIXED lane needs every >= 1")
@@ -153,6 +176,11 @@ class Lane:
         self._interval_s = 0.0 if max_rate is None or policy is ClipPolicy.FIXED else 1.0 / max_rate
         self.next_allowed = 0.0  # time.monotonic() before which the next clip may not be taken
         self.done = False
+        # Outages of a remote runner (None: local inference, which cannot be lost); written by the
+        # scheduler thread, read by the presenter.
+        self.outages: int | None = None
+        self.server_lost = False
+        self.on_server = on_server  # called on the scheduler thread
         # The clips run for this lane (which frames, what was available), for tests and
         # debugging only: a deque per prediction has no place in a run that lasts weeks.
         self.clips: deque[ClipInfo] | None = deque(maxlen=4096) if trace_clips else None
@@ -189,6 +217,12 @@ class Lane:
             self.clips.append(clip)
         return clip
 
+    def server_event(self, event: ServerEvent) -> None:
+        self.server_lost = event.lost
+        self.outages = event.outages
+        if self.on_server is not None:
+            self.on_server(event)
+
     def finish(self) -> None:
         """No more clips for this lane: free the ring's hold and tell the presenter."""
         self.done = True
@@ -219,6 +253,8 @@ class InferenceScheduler(threading.Thread):
         self.inference_ms_total = 0.0
         self.batches = 0
         self.clips_run = 0
+        self.outages = 0
+        self._lost_since: float | None = None  # monotonic start of the outage in progress
         self._doorbell = threading.Condition(threading.Lock())
         self._rings = 0  # how often the doorbell rang: a wake-up is never lost between checks
         self._next = 0  # round-robin: the lane the next batch starts looking at
@@ -226,6 +262,8 @@ class InferenceScheduler(threading.Thread):
 
     def add(self, lane: Lane) -> None:
         """Register a lane (before :meth:`start`)."""
+        if getattr(self.runner, "remote", False):
+            lane.outages = 0
         self.lanes.append(lane)
 
     def ring(self) -> None:
@@ -312,7 +350,7 @@ class InferenceScheduler(threading.Thread):
             for row, lane in enumerate(batch)
         ]
         try:
-            scores, inference_ms = runner.timed_run(len(batch))
+            scores, inference_ms = self._run_until_served(batch, clips)
         except Exception as exc:
             if self.stopper.is_set():
                 raise  # cancelled by the stop: not the model's fault
@@ -321,6 +359,8 @@ class InferenceScheduler(threading.Thread):
             raise ModelError(
                 f"{contract.path} failed while streaming (clips ending at {where}): {first}"
             ) from exc
+        if scores is None:
+            return  # stopped during an outage
         done = time.monotonic()
         self.inference_ms_total += inference_ms
         self.batches += 1
@@ -339,3 +379,47 @@ class InferenceScheduler(threading.Thread):
             )
         # Round-robin: the next batch starts after the last lane this one served.
         self._next = (self.lanes.index(batch[-1]) + 1) % len(self.lanes)
+
+    # -- outages ---------------------------------------------------------------------------------
+
+    def _run_until_served(self, batch: list[Lane], clips: list[ClipInfo]):
+        """``runner.timed_run`` on the batch, retried with backoff while inference is unavailable;
+        ``(None, 0.0)`` if the run stops first. ``clips`` is updated for live lanes' new clips."""
+        runner, contract = self.runner, self.contract
+        delay = BACKOFF_START_S
+        while True:
+            try:
+                result = runner.timed_run(len(batch))
+            except InferenceUnavailable as exc:
+                if self.stopper.is_set():
+                    return None, 0.0
+                self._lost(str(exc))
+                if self.stopper.event.wait(delay):
+                    return None, 0.0
+                delay = min(2.0 * delay, BACKOFF_MAX_S)
+                # Live lanes are retried on their newest clip; file lanes keep theirs.
+                for row, lane in enumerate(batch):
+                    if lane.policy is ClipPolicy.NEWEST:
+                        clips[row] = lane.gather(runner.clip[row], contract.num_frames, contract.clip_seconds)
+                continue
+            if self._lost_since is not None:
+                self._restored()
+            return result
+
+    def _lost(self, detail: str) -> None:
+        if self._lost_since is not None:
+            return
+        self._lost_since = time.monotonic()
+        self.outages += 1
+        log.warning("inference server lost (%s); predictions pause and resume when it is back", detail)
+        self._tell(ServerEvent(lost=True, detail=detail, outages=self.outages))
+
+    def _restored(self) -> None:
+        out_s = time.monotonic() - self._lost_since
+        self._lost_since = None
+        log.warning("inference server back after %.1f s; predictions resume", out_s)
+        self._tell(ServerEvent(lost=False, detail=f"back after {out_s:.1f} s", outages=self.outages))
+
+    def _tell(self, event: ServerEvent) -> None:
+        for lane in self.lanes:
+            lane.server_event(event)

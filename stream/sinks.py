@@ -45,6 +45,10 @@ class Sink:
     def frame(self, image: np.ndarray, info: FrameInfo, smoothed: Label | None) -> None:
         """A presented frame (annotated when :attr:`wants_image`), with the label it shows."""
 
+    def server(self, lost: bool, wall_s: float, detail: str, outages: int) -> None:
+        """The inference server was lost or is back (``--server``). Called on the scheduler
+        thread: a sink that overrides this must be thread-safe."""
+
     def close(self, totals: StreamTotals) -> dict[str, Any] | None:
         """Finish the output; the events sink returns the stream's summary."""
         return None
@@ -61,6 +65,9 @@ class EventsSink(Sink):
 
     def frame(self, image: np.ndarray, info: FrameInfo, smoothed: Label | None) -> None:
         self.log.note_frame(info.index, info.time_s, smoothed)
+
+    def server(self, lost: bool, wall_s: float, detail: str, outages: int) -> None:
+        self.log.write_server("lost" if lost else "restored", wall_s, detail, outages)
 
     def close(self, totals: StreamTotals) -> dict[str, Any]:
         return self.log.close(
