@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -36,6 +37,11 @@ def main() -> None:
     parser.add_argument("--preferred", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--queue-delay-us", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--exec-ms", type=float, default=0.0,
+        help="added to every execution, as a real model's compute would: requests then queue, "
+        "and the batcher has something to merge even for a tiny test model",
+    )  # fmt: skip
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
@@ -51,6 +57,8 @@ def main() -> None:
     @batch
     def infer(frames: np.ndarray) -> dict[str, np.ndarray]:
         (scores,) = session.run(["scores"], {"frames": frames})
+        if args.exec_ms > 0:
+            time.sleep(args.exec_ms / 1000.0)
         return {"scores": scores.astype(np.float32, copy=False)}
 
     config = TritonConfig(

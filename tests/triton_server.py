@@ -110,6 +110,7 @@ class TritonServer:
         max_batch: int = 8,
         preferred: tuple[int, ...] = (4, 8),
         queue_delay_us: int = 20000,
+        exec_ms: float = 0.0,
     ) -> None:
         self.python = ensure_venv()
         self.model, self.name = Path(model), name
@@ -117,6 +118,7 @@ class TritonServer:
             "--model", str(model), "--name", name, "--frames", str(frames), "--size", str(size),
             "--classes", str(classes), "--max-batch", str(max_batch),
             "--preferred", *map(str, preferred), "--queue-delay-us", str(queue_delay_us),
+            "--exec-ms", str(exec_ms),
         ]  # fmt: skip
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
