@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Precision
+from export.triton import DEFAULT_QUEUE_DELAY_US, InstanceKind
 from stream.errors import EpicError
 
 
@@ -53,7 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write a Triton model repository: DIR/NAME/1/model.onnx, config.pbtxt")
     parser.add_argument("--name", help="the model's name in the Triton repository (default: output stem)")
     parser.add_argument("--triton-max-batch", type=int, default=8, metavar="N",
-                        help="Triton max_batch_size (default 8)")
+                        help="Triton max_batch_size (default 8); the dynamic batcher prefers N/2 and N")
+    parser.add_argument("--triton-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US, metavar="US",
+                        help="how long a request may wait for others to batch with "
+                        f"(default {DEFAULT_QUEUE_DELAY_US} us)")
+    parser.add_argument("--triton-instance", choices=[k.value for k in InstanceKind], default="gpu",
+                        help="where the model instance runs: gpu (KIND_GPU, default) or cpu (KIND_CPU, "
+                        "for a server without a GPU)")
+    parser.add_argument("--triton-tensorrt", action="store_true",
+                        help="let the server's ONNX Runtime run the model through TensorRT in fp16 "
+                        "(GPU servers; the first load builds the engine)")
     parser.add_argument("--check-clips", type=int, default=3, metavar="N",
                         help="random clips to compare ONNX Runtime with torch on, at least 3 (default 3)")
     parser.add_argument("--timing-runs", type=int, default=5, metavar="N",
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             num_frames=args.num_frames, image_size=args.image_size, num_heads=args.num_heads, clip_seconds=args.clip_seconds,
             mean=args.mean, std=args.std, opset=args.opset, precision=args.precision,
             triton_repo=args.triton_repo, name=args.name, triton_max_batch_size=args.triton_max_batch,
+            triton_instance=args.triton_instance, triton_tensorrt=args.triton_tensorrt,
+            triton_queue_delay_us=args.triton_queue_delay_us,
             check_clips=args.check_clips, timing_runs=args.timing_runs, step=lambda message: err.status(message),
         )
     except EpicError as exc:

@@ -29,7 +29,13 @@ from export.names import (
     read_class_names,
 )
 from export.onnx import DEFAULT_OPSET, GraphInfo, Parity, Precision
-from export.triton import check_model_name, write_triton_repo
+from export.triton import (
+    DEFAULT_QUEUE_DELAY_US,
+    InstanceKind,
+    check_model_name,
+    check_triton_options,
+    write_triton_repo,
+)
 from stream.contract import ModelContract
 from stream.errors import OptionError
 from train.normalize import REFERENCE_MEAN, REFERENCE_STD
@@ -112,6 +118,9 @@ def export_checkpoint(
     triton_repo: str | Path | None = None,
     name: str | None = None,
     triton_max_batch_size: int = 8,
+    triton_instance: InstanceKind | str = InstanceKind.GPU,
+    triton_tensorrt: bool = False,
+    triton_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     check_clips: int = 3,
     timing_runs: int = 5,
     step: Step | None = None,
@@ -154,6 +163,7 @@ def export_checkpoint(
         raise OptionError("--name names the model in a Triton repository; give --triton-repo too")
     onnx_export.check_writable(output)
     if triton_repo is not None:
+        check_triton_options(triton_instance, triton_tensorrt, triton_queue_delay_us)
         name = check_model_name(name or output.stem)
         onnx_export.check_writable(Path(triton_repo) / name / "1" / "model.onnx", "Triton model")
     names = read_class_names(class_names_file) if class_names_file is not None else None
@@ -261,6 +271,8 @@ def export_checkpoint(
             triton_dir = write_triton_repo(
                 output, Path(triton_repo), name=name, num_frames=frames, image_size=size,
                 class_names=names, clip_seconds=span, max_batch_size=triton_max_batch_size,
+                instance=triton_instance, tensorrt=triton_tensorrt,
+                max_queue_delay_us=triton_queue_delay_us,
             )
 
     return ExportReport(

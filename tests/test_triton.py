@@ -26,12 +26,13 @@ from onnx_models import classifier_model, probe_model
 from rich.console import Console
 from triton_server import TritonServer, free_port
 
+from export.triton import write_triton_repo
 from stream.__main__ import main
+from stream.contract import load_contract
 from stream.pipeline import StreamOptions, run_streams
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 4, 16
-CLASSES = FRAMES + 1  # the probe model's frame0 .. frame3, rest
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,16 @@ def model(workdir) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workdir, model):
-    # 20 ms per execution stands in for a real model's compute: the two processes' requests
-    # queue behind each other, as they do on a busy GPU server, and the batcher merges them.
-    srv = TritonServer(
-        model, "probe", frames=FRAMES, size=SIZE, classes=CLASSES, workdir=workdir / "server",
-        exec_ms=20.0,
+    # The repository epic-export --triton-repo writes (CPU instance: this server has no GPU),
+    # with a 20 ms queue delay; the 20 ms per execution stand in for a real model's compute, so
+    # the two processes' requests queue behind each other, as on a busy GPU server.
+    contract = load_contract(model)
+    model_dir = write_triton_repo(
+        model, workdir / "repo", name=model.stem, num_frames=contract.num_frames,
+        image_size=contract.image_size, class_names=contract.class_names,
+        clip_seconds=contract.clip_seconds, instance="cpu", max_queue_delay_us=20000,
     )  # fmt: skip
+    srv = TritonServer(model_dir, workdir=workdir / "server", exec_ms=20.0)
     try:
         yield srv.start()
     finally:

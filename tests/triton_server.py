@@ -7,8 +7,9 @@ runs; building it takes about a minute and a half on 2 cores. A build that fails
 that says why, never a skip.
 
 Its bundled server has the Python backend only (no onnxruntime backend), so
-``tests/triton_serve.py`` binds the contract model with ``Triton.bind``: ONNX Runtime runs inside
-the server, on the batches Triton's dynamic batcher forms. :class:`TritonServer` starts it on
+``tests/triton_serve.py`` binds the model of a folder written by export/triton.py's
+``write_triton_repo`` with ``Triton.bind``, as that folder's ``config.pbtxt`` describes it: ONNX
+Runtime runs inside the server, on the batches Triton's dynamic batcher forms. :class:`TritonServer` starts it on
 127.0.0.1 and free ports, in a process group of its own, and :meth:`TritonServer.stop` ends that
 group (SIGTERM, then SIGKILL); :meth:`TritonServer.kill` is the crash the reliability test needs.
 """
@@ -98,28 +99,11 @@ def _libdir(python: Path) -> str:
 class TritonServer:
     """One tritonserver serving one contract model; restartable on the same ports."""
 
-    def __init__(
-        self,
-        model: Path,
-        name: str,
-        *,
-        frames: int,
-        size: int,
-        classes: int,
-        workdir: Path,
-        max_batch: int = 8,
-        preferred: tuple[int, ...] = (4, 8),
-        queue_delay_us: int = 20000,
-        exec_ms: float = 0.0,
-    ) -> None:
+    def __init__(self, model_dir: Path, *, workdir: Path, exec_ms: float = 0.0) -> None:
+        """``model_dir``: REPO/NAME as ``write_triton_repo`` writes it (with a CPU instance)."""
         self.python = ensure_venv()
-        self.model, self.name = Path(model), name
-        self.args = [
-            "--model", str(model), "--name", name, "--frames", str(frames), "--size", str(size),
-            "--classes", str(classes), "--max-batch", str(max_batch),
-            "--preferred", *map(str, preferred), "--queue-delay-us", str(queue_delay_us),
-            "--exec-ms", str(exec_ms),
-        ]  # fmt: skip
+        self.name = Path(model_dir).name
+        self.args = ["--model-dir", str(model_dir), "--exec-ms", str(exec_ms)]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
