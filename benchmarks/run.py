@@ -35,6 +35,7 @@ from benchmarks import (
     overhead,
     recording,
     report,
+    triton,
 )
 from benchmarks.common import (
     BENCH_DIR,
@@ -57,6 +58,7 @@ SECTIONS = {
     "gpu": gpu,
     "multistream": multistream,
     "recording": recording,
+    "triton": triton,
 }
 
 
