@@ -18,9 +18,11 @@ from onnx_models import probe_model
 from rich.console import Console
 
 import stream.scheduler as scheduler_module
+from stream.__main__ import main
 from stream.errors import InferenceUnavailable
 from stream.pipeline import StreamOptions, StreamPipeline
 from stream.runtime import Runner
+from stream.triton_client import ServerAddress, parse_server
 
 TIMING = {"latency_ms", "latency_ms_p50", "latency_ms_p95", "inference_ms_mean", "fps", "model_fps", "wall_s"}
 
@@ -119,3 +121,26 @@ def test_a_stop_during_an_outage_finalizes_every_output(setup, monkeypatch):
     assert summary["type"] == "summary" and summary["server_outages"] == 1
     assert summary["ended_by"] == "stopped by the test"
     assert (tmp_path / "down.avi").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--server", "ftp://host:1/m"], "--server 'ftp://host:1/m' is not a Triton address; give grpc://HOST:PORT[/MODEL] or http://HOST:PORT[/MODEL]"),
+        (["--server", "grpc://host:port"], "--server 'grpc://host:port' has a bad port"),
+        (["--server", "grpc://127.0.0.1:9/a/b"], "the model name cannot contain '/'"),
+        (["--server", "grpc://127.0.0.1:9", "--server-timeout", "0"], "--server-timeout must be a positive number of seconds, got 0.0"),
+    ],
+)  # fmt: skip
+def test_bad_server_options_are_one_line(setup, extra, message, capsys):
+    _, model, videos = setup
+    code = main(["--source", str(videos[0]), "--model", str(model), "--no-display", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("epic-stream: error: ")
+    assert message in err[0]
+
+
+def test_the_address_defaults():
+    assert parse_server("grpc://box") == ServerAddress("grpc", "box", 8001, None)
+    assert parse_server("http://10.0.0.2/epic") == ServerAddress("http", "10.0.0.2", 8000, "epic")
+    assert parse_server("grpc://h:9001/m/").url() == "grpc://h:9001/m"
