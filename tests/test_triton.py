@@ -29,7 +29,9 @@ from triton_server import TritonServer, free_port
 from export.triton import write_triton_repo
 from stream.__main__ import main
 from stream.contract import load_contract
+from stream.errors import InferenceUnavailable
 from stream.pipeline import StreamOptions, run_streams
+from stream.triton_client import open_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 4, 16
@@ -220,3 +222,16 @@ def test_a_server_that_cannot_serve_the_model_is_one_line_before_any_stream(
     assert code == 2
     assert len(err) == 1 and err[0].startswith("epic-stream: error: ") and message in err[0], err
     assert not record.exists()  # refused before any stream started
+
+
+def test_a_request_slower_than_the_timeout_is_an_outage_not_a_hang(server, model):
+    runner, _ = open_triton(server.grpc_url, model, batch=2, timeout_s=10.0)
+    assert runner.max_batch == 2 and runner.run(2).shape == (2, FRAMES + 1)
+    runner.timeout_s = 0.005  # the server takes 20 ms per execution
+    start = time.monotonic()
+    with pytest.raises(InferenceUnavailable, match="Deadline Exceeded"):
+        runner.run(1)
+    assert time.monotonic() - start < 5
+    runner.timeout_s = 10.0
+    assert runner.run(1).shape == (1, FRAMES + 1)  # a fresh connection serves again
+    runner.close()
