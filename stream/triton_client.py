@@ -37,7 +37,9 @@ DEFAULT_SERVER_TIMEOUT_S = 10.0
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 # gRPC status codes that mean "not now" rather than "never": the server is down or restarting
 # (its model not loaded yet), the request timed out, or the channel was torn down under it.
-_TRANSIENT_GRPC = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_FOUND", "CANCELLED", "UNKNOWN"}
+_TRANSIENT_GRPC = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_FOUND", "CANCELLED"}
+# The same news in the words of an HTTP answer (whose status is only a number).
+_TRANSIENT_WORDS = ("unavailable", "unknown model", "not ready", "timed out", "deadline")
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,11 @@ def _is_transient(exc: BaseException) -> bool:
     from tritonclient.utils import InferenceServerException
 
     if isinstance(exc, InferenceServerException):
-        # HTTP errors carry no gRPC status; theirs are read from the message.
         status = _status(exc)
-        if status:
-            return status in _TRANSIENT_GRPC
+        if status in _TRANSIENT_GRPC or (status.isdigit() and status.startswith("5")):
+            return True
         text = str(exc).lower()
-        return any(word in text for word in ("unavailable", "not found", "not ready", "timed out"))
+        return any(word in text for word in _TRANSIENT_WORDS)
     # tritonclient.http: refused connections and timeouts come up as OSErrors (or gevent's).
     return isinstance(exc, OSError) or type(exc).__module__.startswith("gevent")
 
@@ -140,6 +141,8 @@ class TritonRunner:
     def client(self):
         """The client, reconnected after an outage: a gRPC channel that saw its server go keeps
         backing off its own reconnects for up to minutes; a new one connects at once."""
+        if self._cancelled:
+            raise InferenceUnavailable("cancelled: the stream is stopping")
         if self._fresh or self._client is None:
             self._close_client()
             if self.address.scheme == "grpc":
@@ -174,14 +177,13 @@ class TritonRunner:
         """
         if not 1 <= n <= self.max_batch:
             raise ValueError(f"batch of {n} clips; this runner holds 1 to {self.max_batch}")
-        if self._cancelled:
-            raise InferenceUnavailable("cancelled: the stream is stopping")
         module = self._module
         frames = module.InferInput(INPUT_NAME, [n, *self.clip.shape[1:]], "UINT8")
         frames.set_data_from_numpy(self.clip[:n])
         wanted = [module.InferRequestedOutput(OUTPUT_NAME)]
+        client = self.client()  # raises InferenceUnavailable once cancelled
         try:
-            result = self.client().infer(
+            result = client.infer(
                 self.model_name, [frames], outputs=wanted, **self._call_options()
             )
         except Exception as exc:
