@@ -8,8 +8,8 @@ Prediction line::
 
 Server line (``--server`` only: the inference server was lost, or is back)::
 
-    {"type": "server", "stream": str, "state": "lost" | "restored", "wall_s": float,
-     "detail": str, "outages": int}
+    {"type": "server", "stream": str, "state": "lost" | "restored", "wall_time": str,
+     "wall_s": float, "detail": str, "outages": int}
 
 Summary line (the last line of its stream)::
 
@@ -314,7 +314,7 @@ class EventLog:
             return  # the stream has ended; the outage is the others' news
         self._write(
             {
-                "type": "server", "stream": self.stream, "state": state,
+                "type": "server", "stream": self.stream, "state": state, "wall_time": wall_time(),
                 "wall_s": _round(wall_s, MS_DECIMALS), "detail": detail, "outages": int(outages),
             }
         )  # fmt: skip

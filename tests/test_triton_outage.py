@@ -24,7 +24,8 @@ from stream.pipeline import StreamOptions, StreamPipeline
 from stream.runtime import Runner
 from stream.triton_client import ServerAddress, parse_server
 
-TIMING = {"latency_ms", "latency_ms_p50", "latency_ms_p95", "inference_ms_mean", "fps", "model_fps", "wall_s"}
+TIMING = {"latency_ms", "latency_ms_p50", "latency_ms_p95", "inference_ms_mean", "fps", "model_fps", "wall_s",
+          "wall_time", "wall_start", "wall_end"}  # fmt: skip
 
 
 def _events(path: Path) -> list[dict]:
