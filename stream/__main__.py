@@ -28,7 +28,7 @@ from stream.smoothing import (
     MIN_SCORE_MARGIN,
     SmoothingPolicy,
 )
-from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS
+from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS, DEFAULT_TIMEOUT_S, RtspTransport
 
 PROG = "epic-stream"
 DEMO_MODEL = Path(stream.__file__).resolve().parents[1] / "models" / "demo.onnx"
@@ -138,10 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_RECONNECTS})",
     )
     parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="URLs: seconds to wait for a connection and for each frame, on the first connect and "
+        f"on every reconnect, before the stream counts as down (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--rtsp-transport",
+        choices=[t.value for t in RtspTransport],
+        default=RtspTransport.TCP.value,
+        help="rtsp:// URLs: carry the video over tcp (default; UDP smears frames on lossy "
+        "networks) or udp",
+    )
+    parser.add_argument(
         "--fps",
         type=float,
         help=f"frame rate of a folder of frames (default {DEFAULT_FOLDER_FPS:g}; EPIC-KITCHENS-55 "
-        "and EPIC-KITCHENS-100 frames are 60 fps), or of a video file that states none",
+        "and EPIC-KITCHENS-100 frames are 60 fps), or of a video file that states none; a file "
+        "that states a rate keeps it (a different --fps is ignored with a warning)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
@@ -220,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             reconnect=args.reconnect,
             fps=args.fps,
+            timeout_s=args.timeout,
+            rtsp_transport=RtspTransport(args.rtsp_transport),
         )
         pipeline = StreamPipeline(options)
         if is_demo:

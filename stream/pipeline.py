@@ -41,7 +41,13 @@ from stream.recorder import VideoRecorder, check_record_path
 from stream.ring import FrameRing
 from stream.runtime import Device, Runner, create_session
 from stream.smoothing import SmoothingPolicy, make_smoother
-from stream.source import DEFAULT_RECONNECTS, DEFAULT_TIMEOUT_S, VideoSource, open_source
+from stream.source import (
+    DEFAULT_RECONNECTS,
+    DEFAULT_TIMEOUT_S,
+    RtspTransport,
+    VideoSource,
+    open_source,
+)
 from stream.worker import InferenceWorker, PredictionBoard, default_every
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,7 @@ class StreamOptions:
     reconnect: int = DEFAULT_RECONNECTS
     fps: float | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    rtsp_transport: RtspTransport = RtspTransport.TCP
 
     def check(self) -> None:
         """Raise :class:`OptionError` for values that cannot work (before anything is opened)."""
@@ -103,7 +110,7 @@ class StreamOptions:
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise OptionError(f"--fps must be a positive number, got {self.fps}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise OptionError(f"the source timeout must be positive, got {self.timeout_s}")
+            raise OptionError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
         # The smoother checks its own options; two placeholder classes are enough for that.
         make_smoother(
             self.smoothing, ("a", "b"), alpha=self.alpha, window=self.window, min_score=self.min_score
@@ -240,7 +247,11 @@ class StreamPipeline:
         )  # fmt: skip
 
         source = self.source = open_source(
-            opts.source, fps=opts.fps, reconnect=opts.reconnect, timeout_s=opts.timeout_s
+            opts.source,
+            fps=opts.fps,
+            reconnect=opts.reconnect,
+            timeout_s=opts.timeout_s,
+            transport=opts.rtsp_transport,
         )
         try:
             return self._stream(source, runner, contract, smoother)
