@@ -82,6 +82,12 @@ class RtspServer:
         """The Transport header of every SETUP the server got."""
         return [line[len("TRANSPORT ") :] for line in self.log.read_text().splitlines() if line.startswith("TRANSPORT ")]
 
+    def wait_for_setups(self, count: int, timeout_s: float = 20.0) -> None:
+        """Wait until clients have set up ``count`` sessions (this log, all servers on it)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.transports()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def signal(self, signum: int) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signum)
@@ -226,12 +232,14 @@ def test_a_server_killed_and_restarted_midstream_gives_a_reconnect_and_time_goes
     outage: dict[str, float] = {}
 
     def kill_restart_kill() -> None:
-        time.sleep(3.5)  # the client has been streaming for about 2 s
+        server.wait_for_setups(1)
+        time.sleep(2.0)  # streaming
         server.stop()
         outage["down"] = time.monotonic()
         restarted = rtsp_server(video, port=port)
         outage["up"] = time.monotonic()
-        time.sleep(3.0)
+        restarted.wait_for_setups(2)  # the client is back
+        time.sleep(2.0)
         restarted.stop()  # gone for good: the run ends after its reconnect attempts
 
     controller = threading.Thread(target=kill_restart_kill, daemon=True)
@@ -247,7 +255,7 @@ def test_a_server_killed_and_restarted_midstream_gives_a_reconnect_and_time_goes
     # come after the first's by at least the outage, not from 0 again.
     gaps = np.diff(times)
     assert gaps.max() >= 0.9 * (outage["up"] - outage["down"])
-    assert sum(1 for t in times if t > times[int(np.argmax(gaps))]) >= 20
+    assert sum(1 for t in times if t > times[int(np.argmax(gaps))]) >= 20  # 2 s more at 25 fps
     assert "reconnect attempt(s) failed" in summary["ended_by"]
 
 
@@ -289,7 +297,8 @@ def test_the_timeout_option_bounds_every_reconnect(tmp_path, rtsp_server, capsys
     paused: list[float] = []
 
     def freeze() -> None:
-        time.sleep(3.0)
+        server.wait_for_setups(1)
+        time.sleep(1.5)  # streaming
         server.signal(signal.SIGSTOP)  # a camera that hangs: connections open, nothing sent
         paused.append(time.monotonic())
 
