@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="OUT.mp4",
         help="write the annotated video: every presented frame, at the source size and frame rate "
-        f"(measured for live sources); {', '.join(sorted(CODECS))}",
+        f"(live: the rate a stream with timestamps states, else measured); {', '.join(sorted(CODECS))}",
     )
     parser.add_argument(
         "--events", type=Path, metavar="OUT.jsonl",

@@ -45,6 +45,7 @@ from stream.source import (
     DEFAULT_RECONNECTS,
     DEFAULT_TIMEOUT_S,
     RtspTransport,
+    TimeBase,
     VideoSource,
     open_source,
 )
@@ -305,8 +306,11 @@ class StreamPipeline:
         }[mode]
         self.say(f"source {source.name} ({what}) {width}x{height}: {how}")
 
+        # A live stream with timestamps is recorded at its stated rate: measured, it would count
+        # the frames that its first burst made the presenter drop.
+        timed = mode is CaptureMode.LIVE and source.time_base is TimeBase.PRESENTATION
         recorder = self.recorder = (
-            VideoRecorder(opts.record, fps=None if mode.is_live else source.fps)
+            VideoRecorder(opts.record, fps=source.fps if timed or not mode.is_live else None)
             if opts.record is not None
             else None
         )

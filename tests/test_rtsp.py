@@ -25,9 +25,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from conftest import grey_frames, write_video
+from conftest import count_frames, grey_frames, write_video
 from onnx_models import decode_probe, level_model, probe_model
 from reliability_util import one_line_error
 
@@ -182,9 +183,9 @@ def test_raw_labels_are_right_inside_segments_judged_by_time(tmp_path, rtsp_serv
     video, truth = segment_video(tmp_path / "segments.mp4")
     server = rtsp_server(video)
     model = level_model(tmp_path / "level.onnx", LEVELS, clip_seconds=CLIP_S)
-    events = tmp_path / "events.jsonl"
+    events, record = tmp_path / "events.jsonl", tmp_path / "out.mp4"
     rc, _, err = run_cli(
-        capsys, "--source", server.url(), "--model", model, "--events", events,
+        capsys, "--source", server.url(), "--model", model, "--events", events, "--record", record,
         "--reconnect", "0", "--rtsp-transport", transport,
     )  # fmt: skip
     assert rc == 0, err
@@ -198,6 +199,21 @@ def test_raw_labels_are_right_inside_segments_judged_by_time(tmp_path, rtsp_serv
     assert raw >= 0.99
     # The clock is the stream's: the whole video, 12 s, and no more, whatever the burst.
     assert predictions[-1]["time_s"] == pytest.approx(sum(s for _, s in SEGMENTS), abs=0.2)
+    # Segments fall where the video has them: the smoothed label of each true segment holds
+    # over most of the time its clips lie inside it.
+    for label, start, end in truth:
+        covered = sum(
+            max(0.0, min(end, g["end_s"]) - max(start + CLIP_S, g["start_s"]))
+            for g in summary["segments"]
+            if g["label"] == label
+        )
+        assert covered >= 0.8 * (end - start - CLIP_S), (label, start, end, summary["segments"])
+    # The recording has the stream's rate (25 fps), not one skewed by the burst, and every
+    # presented frame.
+    capture = cv2.VideoCapture(str(record))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(FPS)
+    capture.release()
+    assert count_frames(record) == summary["frames"]
     (setup,) = server.transports()
     assert setup.startswith("RTP/AVP/TCP" if transport == "tcp" else "RTP/AVP/UDP"), setup
     assert summary["mode"] == "live"
