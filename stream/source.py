@@ -293,7 +293,8 @@ class StreamClock:
     the network) and then in real time, so arrival times misplace frames; the stream's own
     timestamps do not. Each frame's presentation time (pts) advances the timeline by its step
     from the previous frame's pts. Where that step cannot be trusted, the timeline advances by the
-    arrival gap instead (at least one frame interval) and follows the new pts from there:
+    arrival gap instead (at least one frame interval after a reset, so that frames still flowing
+    stay a frame apart) and follows the new pts from there:
 
     * no pts at all (multipart MJPEG): arrival time, frame by frame;
     * a pts that does not move forward: a reconnect (a new session starts its clock again), a

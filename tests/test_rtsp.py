@@ -233,6 +233,9 @@ def test_the_first_full_clip_spans_clip_seconds_of_video(tmp_path, rtsp_server, 
     # each within one frame (burst or not).
     assert (frames[-1] - frames[0]) / FPS == pytest.approx(CLIP_S, abs=1 / FPS), frames
     assert first["time_s"] == pytest.approx(frames[-1] / FPS, abs=1 / FPS), (first["time_s"], frames)
+    # Latency is still from arrival: the burst came a second ahead of the video's clock, so a
+    # latency from presentation time would be off by that much.
+    assert all(0 <= p["latency_ms"] < 1000 for p in predictions)
     # Every prediction's time is its newest frame's video time, not its arrival.
     for p in predictions:
         newest = round((decode_probe(p["scores"], 4)[-1] - RAMP_START) / RAMP_STEP)
