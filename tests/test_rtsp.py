@@ -195,7 +195,9 @@ def test_raw_labels_are_right_inside_segments_judged_by_time(tmp_path, rtsp_serv
     raw = sum(p["raw"]["label"] == label for p, label in judged) / len(judged)
     smoothed = sum(p["smoothed"]["label"] == label for p, label in judged) / len(judged)
     print(f"{transport}: {len(judged)} clips inside segments; raw {raw:.4f}, smoothed {smoothed:.4f}")
-    assert len(judged) >= 100  # 12 s of video: several hundred predictions, most inside
+    # 6.6 s of clips lie inside segments: 25 predictions a second here, and at least 30 even at a
+    # capped rate of 8 a second.
+    assert len(judged) >= 30
     assert raw >= 0.99
     # The clock is the stream's: 12 s of video, never more, whatever the bursts. (The last frames
     # come in a burst too, as the encoder flushes; the stream may end before they are predicted.)
@@ -276,7 +278,7 @@ def test_a_server_killed_and_restarted_midstream_gives_a_reconnect_and_time_goes
     # come after the first's by at least the outage, not from 0 again.
     gaps = np.diff(times)
     assert gaps.max() >= 0.9 * (outage["up"] - outage["down"])
-    assert sum(1 for t in times if t > times[int(np.argmax(gaps))]) >= 20  # 2 s more at 25 fps
+    assert sum(1 for t in times if t > times[int(np.argmax(gaps))]) >= 8  # 2 s more
     assert "reconnect attempt(s) failed" in summary["ended_by"]
 
 
