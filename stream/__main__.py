@@ -33,7 +33,7 @@ from stream.smoothing import (
     MIN_SCORE_MARGIN,
     SmoothingPolicy,
 )
-from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS
+from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS, DEFAULT_TIMEOUT_S, RtspTransport
 from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
 
 PROG = "epic-stream"
@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="OUT.mp4",
         help="write the annotated video: every presented frame at the source size, each at its "
-        f"source time (H.264; .avi: Motion JPEG); {', '.join(sorted(CODECS))}. With several "
-        "streams the path must contain {stream}, e.g. 'out/{stream}.mp4'",
+        f"source time (H.264; .avi: Motion JPEG at the source's rate, or for a live source the "
+        f"rate a stream with timestamps states, else measured); {', '.join(sorted(CODECS))}. "
+        "With several streams the path must contain {stream}, e.g. 'out/{stream}.mp4'",
     )
     parser.add_argument(
         "--events", type=Path, metavar="OUT.jsonl",
@@ -150,10 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_RECONNECTS})",
     )
     parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="URLs: seconds to wait for a connection and for each frame, on the first connect and "
+        f"on every reconnect, before the stream counts as down (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--rtsp-transport",
+        choices=[t.value for t in RtspTransport],
+        default=RtspTransport.TCP.value,
+        help="rtsp:// URLs: carry the video over tcp (default; UDP smears frames on lossy "
+        "networks) or udp",
+    )
+    parser.add_argument(
         "--fps",
         type=float,
         help=f"frame rate of a folder of frames (default {DEFAULT_FOLDER_FPS:g}; EPIC-KITCHENS-55 "
-        "and EPIC-KITCHENS-100 frames are 60 fps), or of a video file that states none",
+        "and EPIC-KITCHENS-100 frames are 60 fps), or of a video file that states none; a file "
+        "that states a rate keeps it (a different --fps is ignored with a warning)",
     )
     batching = parser.add_argument_group("batching (several streams share one model session)")
     batching.add_argument(
@@ -280,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             stats_every=args.stats_every,
             server=args.server,
             server_timeout_s=args.server_timeout,
+            timeout_s=args.timeout,
+            rtsp_transport=RtspTransport(args.rtsp_transport),
         )
         # With --events - the events own stdout: everything for people goes to stderr.
         console = Console(stderr=True) if str(args.events) == STDOUT else None

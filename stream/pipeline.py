@@ -32,6 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
+from stream.capture import CaptureMode
 from stream.channel import DISPLAY_BUDGET_BYTES, StreamChannel, plan_channel
 from stream.console import LiveConsole, StreamsConsole, print_summary
 from stream.errors import OptionError
@@ -45,7 +46,14 @@ from stream.scheduler import DEFAULT_BATCH_WAIT_MS, InferenceScheduler
 from stream.signals import Interrupted, SignalGuard, Stopper
 from stream.sinks import EventsSink, RecorderSink
 from stream.smoothing import SmoothingPolicy, make_smoother
-from stream.source import DEFAULT_RECONNECTS, DEFAULT_TIMEOUT_S, VideoSource, open_source
+from stream.source import (
+    DEFAULT_RECONNECTS,
+    DEFAULT_TIMEOUT_S,
+    RtspTransport,
+    TimeBase,
+    VideoSource,
+    open_source,
+)
 from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
 from stream.window import GridWindow
 
@@ -91,6 +99,7 @@ class StreamOptions:
     trace_clips: bool = False  # keep each stream's recent clips (tests and debugging)
     server: str | None = None  # grpc://HOST:PORT[/MODEL]: inference on a Triton server
     server_timeout_s: float = DEFAULT_SERVER_TIMEOUT_S
+    rtsp_transport: RtspTransport = RtspTransport.TCP
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -111,7 +120,7 @@ class StreamOptions:
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise OptionError(f"--fps must be a positive number, got {self.fps}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise OptionError(f"the source timeout must be positive, got {self.timeout_s}")
+            raise OptionError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
         if self.batch is not None and self.batch < 1:
             raise OptionError(f"--batch must be a whole number of clips >= 1, got {self.batch}")
         if not (math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0):
@@ -215,7 +224,11 @@ class StreamPipeline:
         opts = self.options
         for named in self.named:
             source = open_source(
-                named.spec, fps=opts.fps, reconnect=opts.reconnect, timeout_s=opts.timeout_s
+                named.spec,
+                fps=opts.fps,
+                reconnect=opts.reconnect,
+                timeout_s=opts.timeout_s,
+                transport=opts.rtsp_transport,
             )
             self._sources.append(source)
 
@@ -261,7 +274,10 @@ class StreamPipeline:
             self.say(f"{prefix}source {source.name} ({what}) {width}x{height}: {how}")
             sinks = []
             if named.name in records:
-                fps = None if plan.mode.is_live else source.fps
+                # A live stream with timestamps is recorded at its stated rate: measured, it would
+                # count the frames that its first burst made the presenter drop.
+                timed = plan.mode is CaptureMode.LIVE and source.time_base is TimeBase.PRESENTATION
+                fps = source.fps if timed or not plan.mode.is_live else None
                 sinks.append(RecorderSink(VideoRecorder(records[named.name], fps=fps)))
             if window.enabled:
                 sinks.append(window.tiles[k])

@@ -5,16 +5,20 @@
 ``frame_0000000001.jpg`` style, in sorted order) or a glob of them.
 
 Each frame carries its *source time* in seconds, which is what the inference worker spaces a clip
-by:
+by (its :class:`TimeBase`):
 
 * video file: the container's timestamp of the frame (``CAP_PROP_POS_MSEC``), or index / fps when
-  the container gives none;
+  the container gives none; ``--fps`` applies only to a file that states no frame rate;
 * folder of frames: index / ``--fps`` (default 30);
-* camera or URL: the monotonic clock since the first frame.
+* URL that carries presentation times (RTSP/RTP, RTMP, HLS, HTTP video): the stream's own clock,
+  mapped by :class:`StreamClock` onto one increasing timeline that continues across reconnects,
+  wraps and resets, so a burst of buffered frames keeps its real spacing;
+* camera, or URL without timestamps (multipart MJPEG): the monotonic clock since the first frame.
 
 A source is opened eagerly: the first frame is read by :func:`open_source`, so a file that is not a
 video, a camera that does not exist or a URL that refuses fail with a :class:`SourceError` before
-the stream starts, never halfway through.
+the stream starts, never halfway through. A URL's password never leaves this module unmasked
+(:func:`mask_credentials`): names, log lines and errors all carry ``user:***@``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import re
 import struct
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
@@ -44,6 +49,18 @@ URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 DEFAULT_FOLDER_FPS = 30.0
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RECONNECTS = 3
+# A frame whose presentation time runs this much further ahead of its arrival than the frame
+# before it is a reset of the stream's clock, not a burst (bursts of buffered video are a few s).
+PTS_JUMP_S = 5.0
+# The least step of the timeline, for a frame that repeats its predecessor's timestamp.
+MIN_STEP_S = 1e-6
+# OpenCV reports FFmpeg's AV_NOPTS_VALUE (-2**63) as the PTS of a frame that has none.
+_NO_PTS_BELOW = -(2.0**62)
+CAPTURE_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+RTSP_SCHEMES = ("rtsp", "rtsps")
+# Query parameters that carry secrets in camera URLs (?user=admin&password=...).
+_SECRET_PARAMS = re.compile(r"pass|pwd|secret|token|key|auth|sig", re.IGNORECASE)
+MASK = "***"
 # Backoff between reconnect attempts: 0.5 s, 1 s, 2 s, ... never more than this.
 MAX_BACKOFF_S = 8.0
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -62,6 +79,49 @@ class SourceKind(Enum):
         return self in (SourceKind.CAMERA, SourceKind.URL)
 
 
+class TimeBase(Enum):
+    """Where a source's frame times come from (docs/stream.md has the table for every source)."""
+
+    PRESENTATION = "presentation"  # the stream's or container's own timestamps
+    FRAME_RATE = "frame rate"  # index / fps: frame folders
+    ARRIVAL = "arrival"  # the monotonic clock when the frame was read: cameras, MJPEG
+
+
+class RtspTransport(Enum):
+    """How RTP reaches us from an rtsp:// URL. TCP is the default: over UDP a lost packet smears
+    the rest of its frame, and firewalls often drop UDP altogether."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with a URL's password (``user:pass@``) and secret query values made ``***``.
+
+    Anything that is not a URL comes back unchanged. Every name, log line and error that shows a
+    URL goes through here, so a camera's password never reaches a terminal or an events file.
+    """
+    if "://" not in text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # e.g. an unbalanced [ in the host: mask everything after the scheme
+        return f"{text.split('://', 1)[0]}://{MASK}"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{host}" if has_password else f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAMS.search(key) for key, _ in pairs):
+            query = "&".join(
+                f"{key}={MASK if _SECRET_PARAMS.search(key) else value}" for key, value in pairs
+            )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """A parsed ``--source``: its kind, the camera index / path / URL, and a folder's frames."""
@@ -76,7 +136,7 @@ class SourceSpec:
         if self.kind is SourceKind.CAMERA:
             return f"webcam:{self.target}"
         if self.kind is SourceKind.URL:
-            return str(self.target)
+            return mask_credentials(str(self.target))
         return Path(str(self.target)).name or str(self.target)
 
 
@@ -109,7 +169,7 @@ def parse_source(text: str) -> SourceSpec:
         scheme = text.split("://", 1)[0].lower()
         if scheme not in URL_SCHEMES:
             raise SourceError(
-                f"--source {text}: unsupported URL scheme '{scheme}://' "
+                f"--source {mask_credentials(text)}: unsupported URL scheme '{scheme}://' "
                 f"(supported: {', '.join(s + '://' for s in URL_SCHEMES)})"
             )
         return SourceSpec(SourceKind.URL, text)
@@ -162,6 +222,11 @@ class VideoSource(ABC):
     def frame_count(self) -> int | None:
         """Frames in the source when known (files and folders), else None."""
         return None
+
+    @property
+    def time_base(self) -> TimeBase:
+        """Where the frame times come from."""
+        return TimeBase.ARRIVAL if self.is_live else TimeBase.PRESENTATION
 
     @property
     @abstractmethod
@@ -221,6 +286,66 @@ def missing_mp4_index(path: str) -> str | None:
     )
 
 
+class StreamClock:
+    """One increasing timeline for a live stream, from its presentation times where it has them.
+
+    A camera or server sends frames in bursts (a preroll of a second or more, frames held back by
+    the network) and then in real time, so arrival times misplace frames; the stream's own
+    timestamps do not. Each frame's presentation time (pts) advances the timeline by its step
+    from the previous frame's pts. Where that step cannot be trusted, the timeline advances by the
+    arrival gap instead (at least one frame interval after a reset, so that frames still flowing
+    stay a frame apart) and follows the new pts from there:
+
+    * no pts at all (multipart MJPEG): arrival time, frame by frame;
+    * a pts that does not move forward: a reconnect (a new session starts its clock again), a
+      wrap of the timestamp counter, or a duplicated frame;
+    * a pts that jumps ahead by more than :data:`PTS_JUMP_S` beyond the arrival gap: a reset of
+      the sender's clock.
+
+    The first frame is at 0. The result always increases, which the ring's clip gathering needs.
+    """
+
+    def __init__(self) -> None:
+        self._time_s: float | None = None  # the previous frame's timeline time
+        self._arrival_s = 0.0  # ... and its arrival (time.monotonic())
+        self._pts_s: float | None = None  # ... and its pts
+        self._offset_s = 0.0  # timeline time - pts, while the pts are continuous
+        self._step_s = 0.0  # the latest trusted pts step: one frame interval
+
+    def stamp(self, pts_s: float | None, arrival_s: float) -> float:
+        """The timeline time of a frame with presentation time ``pts_s`` (None: it has none) that
+        arrived at ``arrival_s``."""
+        if pts_s is not None and not math.isfinite(pts_s):
+            pts_s = None
+        if self._time_s is None:
+            time_s = 0.0
+        else:
+            gap = max(0.0, arrival_s - self._arrival_s)
+            step = None if pts_s is None or self._pts_s is None else pts_s - self._pts_s
+            if step is not None and 0.0 < step <= gap + PTS_JUMP_S:
+                time_s = pts_s + self._offset_s
+                self._step_s = step
+            elif step is not None and step != 0.0:  # went back or leapt ahead: a new clock
+                time_s = self._time_s + max(gap, self._step_s, MIN_STEP_S)
+            else:  # no pts, or the same pts again: only arrival says how much time passed
+                time_s = self._time_s + max(gap, MIN_STEP_S)
+        if pts_s is not None:
+            self._offset_s = time_s - pts_s
+        self._time_s, self._arrival_s, self._pts_s = time_s, arrival_s, pts_s
+        return time_s
+
+
+_capture_options_lock = threading.Lock()
+
+
+def _capture_options(transport: RtspTransport) -> str:
+    """The FFmpeg options for an rtsp:// open: the user's own ``OPENCV_FFMPEG_CAPTURE_OPTIONS``
+    (``key;value|key;value``) with ``rtsp_transport`` set to ``transport``."""
+    given = os.environ.get(CAPTURE_OPTIONS_ENV, "")
+    pairs = [item for item in given.split("|") if item and not item.startswith("rtsp_transport;")]
+    return "|".join([*pairs, f"rtsp_transport;{transport.value}"])
+
+
 class CaptureSource(VideoSource):
     """A file, camera or URL read through ``cv2.VideoCapture``."""
 
@@ -231,10 +356,12 @@ class CaptureSource(VideoSource):
         fps: float | None = None,
         reconnect: int = DEFAULT_RECONNECTS,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        transport: RtspTransport = RtspTransport.TCP,
     ) -> None:
         super().__init__(spec)
         self._reconnect = max(0, int(reconnect))
         self._timeout_ms = int(timeout_s * 1000)
+        self._transport = transport
         self._lock = threading.Lock()
         self._close_requested = False
         self._cap = self._open()
@@ -242,17 +369,49 @@ class CaptureSource(VideoSource):
             raise SourceError(self._open_failure())
         stated = self._cap.get(cv2.CAP_PROP_FPS)
         stated = stated if math.isfinite(stated) and 0 < stated < 1000 else None
-        self._fps = fps or stated or (None if spec.kind.is_live else DEFAULT_FOLDER_FPS)
+        self._fps = self._frame_rate(fps, stated)
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self._count = int(count) if spec.kind is SourceKind.FILE and 0 < count < 1e9 else None
         self._last_time_s = -math.inf
-        self._origin: float | None = None
+        self._clock = StreamClock()
         first = self._grab_first()
         self._pending: np.ndarray | None = first
+        self._pending_arrival_s = time.monotonic()
+        self._pending_pts_s = self._presentation_s()
+        if spec.kind is SourceKind.FILE or self._pending_pts_s is not None:
+            self._time_base = TimeBase.PRESENTATION
+        else:
+            self._time_base = TimeBase.ARRIVAL
         height, width = first.shape[:2]
         self._size = (width, height)
 
     # -- opening ---------------------------------------------------------------------------------
+
+    def _frame_rate(self, given: float | None, stated: float | None) -> float | None:
+        """The nominal rate: what the source states; ``--fps`` only for a file that states none.
+
+        A file's frames are timed by its own timestamps, so a different ``--fps`` could only make
+        its predictions, recording and console disagree with its clock; it is ignored, once, aloud.
+        """
+        if self.spec.kind is SourceKind.FILE:
+            differs = given is not None and not math.isclose(given, stated or given, rel_tol=1e-3)
+            if differs:
+                log.warning(
+                    "--fps %g ignored: %s states %g fps, and its own timestamps time its frames "
+                    "(--fps is for frame folders and files that state no rate)",
+                    given,
+                    self.name,
+                    stated,
+                )
+            return stated or given or DEFAULT_FOLDER_FPS
+        if given is not None:
+            log.warning(
+                "--fps %g ignored: %s is live and timed by its own clock "
+                "(--fps is for frame folders and files that state no rate)",
+                given,
+                self.name,
+            )
+        return stated
 
     def _open(self) -> cv2.VideoCapture | None:
         kind, target = self.spec.kind, self.spec.target
@@ -261,7 +420,10 @@ class CaptureSource(VideoSource):
                 cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._timeout_ms,
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._timeout_ms,
             ]  # fmt: skip
-            cap = cv2.VideoCapture(str(target), cv2.CAP_FFMPEG, params)
+            if str(target).split("://", 1)[0].lower() in RTSP_SCHEMES:
+                cap = self._open_rtsp(str(target), params)
+            else:
+                cap = cv2.VideoCapture(str(target), cv2.CAP_FFMPEG, params)
         elif kind is SourceKind.CAMERA:
             cap = cv2.VideoCapture(int(target))
         else:
@@ -270,6 +432,22 @@ class CaptureSource(VideoSource):
             cap.release()
             return None
         return cap
+
+    def _open_rtsp(self, url: str, params: list[int]) -> cv2.VideoCapture:
+        # OpenCV's FFmpeg backend takes demuxer options only from this variable, read during the
+        # open; it replaces OpenCV's default (rtsp_flags=prefer_tcp). The timeouts above are
+        # OpenCV's own interrupt callback, so they apply whatever the transport. The lock keeps
+        # two streams opening at once from seeing each other's transport.
+        with _capture_options_lock:
+            before = os.environ.get(CAPTURE_OPTIONS_ENV)
+            os.environ[CAPTURE_OPTIONS_ENV] = _capture_options(self._transport)
+            try:
+                return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+            finally:
+                if before is None:
+                    del os.environ[CAPTURE_OPTIONS_ENV]
+                else:
+                    os.environ[CAPTURE_OPTIONS_ENV] = before
 
     def _open_failure(self) -> str:
         kind, target = self.spec.kind, self.spec.target
@@ -280,7 +458,7 @@ class CaptureSource(VideoSource):
             )
         if kind is SourceKind.URL:
             return (
-                f"cannot connect to {target} (refused, unreachable or no answer within "
+                f"cannot connect to {self.name} (refused, unreachable or no answer within "
                 f"{self._timeout_ms / 1000:g} s); check the address and that the camera is streaming"
             )
         return missing_mp4_index(str(target)) or (
@@ -307,17 +485,25 @@ class CaptureSource(VideoSource):
         return self._count
 
     @property
+    def time_base(self) -> TimeBase:
+        """Presentation time; arrival time for cameras and for streams whose first frame carried
+        no timestamp."""
+        return self._time_base
+
+    @property
     def frame_size(self) -> tuple[int, int]:
         return self._size
 
     def read(self, into: np.ndarray | None = None, stop: threading.Event | None = None):
         if self._pending is not None:
             image, self._pending = self._pending, None
+            arrival_s, pts_s = self._pending_arrival_s, self._pending_pts_s
         else:
             image = self._read_next(into, stop)
             if image is None:
                 return None
-        time_s = self._stamp()
+            arrival_s, pts_s = time.monotonic(), self._presentation_s()
+        time_s = self._stamp(arrival_s, pts_s)
         self.frames_read += 1
         return image, time_s
 
@@ -386,12 +572,23 @@ class CaptureSource(VideoSource):
             self._cap = None
         return False
 
-    def _stamp(self) -> float:
+    def _presentation_s(self) -> float | None:
+        """A URL's current frame's presentation time in seconds, None when it has none (and for
+        cameras, which are timed by arrival)."""
+        if self.spec.kind is not SourceKind.URL:
+            return None
+        with self._lock:
+            if self._cap is None:
+                return None
+            # POS_MSEC alone cannot tell: for a stream without timestamps (multipart MJPEG)
+            # FFmpeg invents them at a made-up 25 fps. The frame's raw PTS says whether it had one.
+            if not self._cap.get(cv2.CAP_PROP_PTS) > _NO_PTS_BELOW:
+                return None
+            return self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+
+    def _stamp(self, arrival_s: float, pts_s: float | None) -> float:
         if self.is_live:
-            now = time.monotonic()
-            if self._origin is None:
-                self._origin = now
-            return now - self._origin
+            return self._clock.stamp(pts_s, arrival_s)
         # A file: its own timestamps when they move forward, else index / fps, so that source
         # time is always increasing (the worker's clip spacing relies on it).
         with self._lock:
@@ -439,6 +636,10 @@ class FolderSource(VideoSource):
         return len(self.spec.frames)
 
     @property
+    def time_base(self) -> TimeBase:
+        return TimeBase.FRAME_RATE
+
+    @property
     def frame_size(self) -> tuple[int, int]:
         return self._size
 
@@ -468,17 +669,24 @@ def open_source(
     fps: float | None = None,
     reconnect: int = DEFAULT_RECONNECTS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    transport: RtspTransport = RtspTransport.TCP,
 ) -> VideoSource:
     """Open ``spec`` (or the ``--source`` text) and read its first frame.
 
     ``fps`` is the frame rate of a folder of frames (default 30; EPIC-KITCHENS-55 and -100 frames
-    are 60 fps), also used for a video file that states none. ``reconnect`` is how many times a
-    live source that stops sending is reopened; ``timeout_s`` bounds a URL's connect and reads.
+    are 60 fps), also used for a video file that states none (and ignored, with a warning, for a
+    file that states another rate, and for live sources). ``reconnect`` is how many times a live
+    source that stops sending is reopened; ``timeout_s`` bounds a URL's connect and each read, on
+    the first open and on every reconnect. ``transport`` carries an rtsp:// URL's video.
     """
     if isinstance(spec, str):
         spec = parse_source(spec)
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise SourceError(f"--fps must be a positive number of frames per second, got {fps}")
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise SourceError(f"--timeout must be a positive number of seconds, got {timeout_s}")
     if spec.kind is SourceKind.FOLDER:
         return FolderSource(spec, fps=fps)
-    return CaptureSource(spec, fps=fps, reconnect=reconnect, timeout_s=timeout_s)
+    return CaptureSource(
+        spec, fps=fps, reconnect=reconnect, timeout_s=timeout_s, transport=RtspTransport(transport)
+    )

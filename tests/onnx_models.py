@@ -6,6 +6,9 @@
 * :func:`classifier_model` meets the contract with a plain softmax over a few classes; its keyword
   arguments break any part of the contract on purpose (input name, dtype, rank, channels, output,
   class_names) for validation tests.
+* :func:`level_model` meets the contract and names the grey level nearest to the clip's mean
+  intensity: its answer is a pure function of the frames, so a video of solid grey segments has
+  a known right answer for every clip that lies inside one segment.
 * :func:`matmul_model` meets the contract and costs a chosen amount of compute (a chain of
   N x N matrix products that depends on the input, so it cannot be folded away): a model of known
   cost for overhead measurements.
@@ -135,6 +138,40 @@ def classifier_model(
             meta.pop(key, None)
         else:
             meta[key] = value
+    return _save(graph, path, meta)
+
+
+def level_model(
+    path: Path,
+    levels: dict[str, int],
+    *,
+    num_frames: int = 8,
+    image_size: int = 16,
+    clip_seconds: float | None = 1.0,
+) -> Path:
+    """A contract model whose class is the entry of ``levels`` (name -> grey level) nearest to the
+    clip's mean intensity: scores ``softmax(-((mean - level) / 8) ** 2)``."""
+    names = list(levels)
+    frames = helper.make_tensor_value_info(
+        "frames", TensorProto.UINT8, ["batch", num_frames, image_size, image_size, 3]
+    )
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", len(names)])
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2, 3, 4], keepdims=0),  # [b]
+        helper.make_node("Unsqueeze", ["m", "axis1"], ["m1"]),  # [b, 1]
+        helper.make_node("Sub", ["m1", "levels"], ["d"]),  # [b, C]
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("Mul", ["d2", "sharpness"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([list(levels.values())], np.float32), "levels"),
+        numpy_helper.from_array(np.array(-1.0 / 64.0, np.float32), "sharpness"),
+    ]
+    graph = helper.make_graph(nodes, "level", [frames], [scores], inits)
+    meta = contract_metadata(names, clip_seconds, num_frames, image_size, "grey level model")
     return _save(graph, path, meta)
 
 
