@@ -33,7 +33,13 @@ from stream.smoothing import (
     MIN_SCORE_MARGIN,
     SmoothingPolicy,
 )
-from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS, DEFAULT_TIMEOUT_S, RtspTransport
+from stream.source import (
+    DEFAULT_FOLDER_FPS,
+    DEFAULT_RECONNECTS,
+    DEFAULT_STALL_S,
+    DEFAULT_TIMEOUT_S,
+    RtspTransport,
+)
 from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
 
 PROG = "epic-stream"
@@ -214,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each request may take before the server counts as lost "
         f"(default {DEFAULT_SERVER_TIMEOUT_S:g})",
     )  # fmt: skip
+    parser.add_argument(
+        "--stall-s",
+        type=float,
+        default=DEFAULT_STALL_S,
+        metavar="SECONDS",
+        help="live streams: no frame for this long is reported as a 'stalled' source event "
+        f"(default {DEFAULT_STALL_S:g})",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
     return parser
@@ -295,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_wait_ms=args.batch_wait_ms,
             max_rate=args.max_rate,
             stats_every=args.stats_every,
+            stall_s=args.stall_s,
             server=args.server,
             server_timeout_s=args.server_timeout,
             timeout_s=args.timeout,

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ from stream.signals import Stopper
 from stream.sinks import Sink, StreamTotals
 from stream.sketch import LatencySketch
 from stream.smoothing import Smoother
-from stream.source import VideoSource
+from stream.source import SourceState, VideoSource
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,23 @@ class StreamChannel:
         self._stats_lock = threading.Lock()
         self._period_latency = LatencySketch()
         self._period_start: tuple[float, int, int, int] | None = None  # (time, frames read, predictions, dropped)
+        # The source's state, as its events lines and the views report it; changed from the
+        # capture thread (losses), the main thread (stalls) and the presenter (the end).
+        self.source_state = SourceState.OPENED
+        self._state_lock = threading.Lock()
+        self._last_time_s: float | None = None  # the newest presented frame's source time
+        self._last_stats: tuple[StreamStats, Label] | None = None
+        self._stall_seen = (0, 0.0)  # (frames read, monotonic time they were first seen)
+        source.on_state = self.report_source
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.started_at = time.monotonic()
+        self._stall_seen = (0, self.started_at)
+        width, height = self.source.frame_size
+        fps = f" at {self.source.fps:g} fps" if self.source.fps else ""
+        self.report_source(SourceState.OPENED, f"{self.source.name}, {width}x{height}{fps}")
         self.capture.start()
         self._presenter.start()
 
@@ -320,7 +332,8 @@ class StreamChannel:
         stale = latest is None or (
             self.plan.every is None and info.time_s - latest.time_s > STALE_AFTER_S
         )
-        notice = SERVER_LOST if self.lane.server_lost else None
+        self._last_time_s = info.time_s
+        notice = self._notice()
         stale = stale or notice is not None
         label = self.smoothed or Label.no_action()
         capture_fps, model_fps = self._capture_rate.rate(), self._model_rate.rate()
@@ -345,8 +358,7 @@ class StreamChannel:
             sink.frame(image, info, self.smoothed)
         self.frames += 1
         p50, p95 = self._percentiles
-        self.console_view.update(
-            StreamStats(
+        stats = StreamStats(
                 frames=self.frames,
                 predictions=self.board.count,
                 dropped_frames=self.dropped,
@@ -356,10 +368,50 @@ class StreamChannel:
                 latency_ms_p95=p95,
                 position_s=info.time_s,
                 notice=notice,
-            ),
-            label,
-            self._top,
-        )
+            )
+        self.console_view.update(stats, label, self._top)
+        self._last_stats = (stats, label)
+
+    # -- the source's state ------------------------------------------------------------------------
+
+    def _notice(self) -> str | None:
+        """What the views show in place of a fresh label: the server or the source is down."""
+        if self.lane.server_lost:
+            return SERVER_LOST
+        state = self.source_state
+        return None if state.healthy or state is SourceState.ENDED else f"source {state.value}"
+
+    def report_source(self, state: SourceState, detail: str) -> None:
+        """Note a change of the source's state: an events line, the sinks, and the terminal at
+        once (a stalled stream presents no frame that could carry it)."""
+        with self._state_lock:
+            if state is self.source_state and state is not SourceState.OPENED:
+                return
+            self.source_state = state
+        for sink in self.sinks:
+            try:
+                sink.source(state.value, self._last_time_s, detail)
+            except Exception as exc:  # this stream's output; the presenter meets it again
+                log.warning("%s: cannot write the source event: %s", self.name, exc)
+        last = self._last_stats
+        if last is not None and state is not SourceState.ENDED:
+            stats, label = last
+            self.console_view.update(replace(stats, notice=self._notice()), label, self._top)
+
+    def check_stall(self, now: float, stall_s: float) -> None:
+        """Main thread: a live source that delivered no frame for ``stall_s`` is stalled (its
+        connection may still be open: only the read timeout would notice, much later)."""
+        if not self.plan.mode.is_live or self.summary is not None:
+            return
+        frames = self.capture.frames
+        seen, since = self._stall_seen
+        if frames != seen:
+            self._stall_seen = (frames, now)
+            if self.source_state is SourceState.STALLED:
+                self.report_source(SourceState.RESUMED, f"after {now - since:.1f} s without frames")
+            return
+        if now - since >= stall_s and self.source_state.healthy:
+            self.report_source(SourceState.STALLED, f"no frame for {now - since:.1f} s")
 
     def _on_server(self, event) -> None:
         """The scheduler lost the inference server or got it back (its thread): tell the sinks
@@ -442,6 +494,7 @@ class StreamChannel:
             }
             if self.lane.outages is not None:  # --server: how often it was lost
                 extra["server_outages"] = self.lane.outages
+            self.report_source(SourceState.ENDED, self._ending())
             close_errors: list[BaseException] = []
             summary: dict[str, Any] | None = None
             ordered = sorted(self.sinks, key=lambda sink: sink.__class__.__name__ == "EventsSink")

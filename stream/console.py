@@ -209,7 +209,7 @@ class LiveConsole:
             )
             grid.add_row("dropped", f"{stats.dropped_frames} frames")
             if stats.notice:
-                grid.add_row("server", Text(stats.notice, style="bold red"))
+                grid.add_row("status", Text(stats.notice, style="bold red"))
             style = "bold green" if label.is_action else "dim"
             grid.add_row("label", Text(_label_text(label), style=style))
             if top_k:

@@ -307,6 +307,20 @@ class EventLog:
             record["invalid"] = True
         self._write(record)
 
+    def write_source(self, state: str, time_s: float | None, detail: str) -> None:
+        """Log a change of the source's state (opened, lost, reconnecting, ...). Called from the
+        capture, presenter or main thread: the writer is thread-safe and this touches none of the
+        presenter's state."""
+        if self.closed:
+            return
+        self._write(
+            {
+                "type": "source", "stream": self.stream, "state": state,
+                "time_s": None if time_s is None else _round(time_s, TIME_DECIMALS),
+                "wall_time": wall_time(), "detail": detail,
+            }
+        )  # fmt: skip
+
     def write_server(self, state: str, wall_s: float, detail: str, outages: int) -> None:
         """Log that the inference server was lost or is back. Called on the scheduler thread, at
         once: the writer is thread-safe and this touches none of the presenter's state."""

@@ -48,6 +48,7 @@ from stream.sinks import EventsSink, RecorderSink
 from stream.smoothing import SmoothingPolicy, make_smoother
 from stream.source import (
     DEFAULT_RECONNECTS,
+    DEFAULT_STALL_S,
     DEFAULT_TIMEOUT_S,
     RtspTransport,
     TimeBase,
@@ -96,6 +97,7 @@ class StreamOptions:
     max_rate: float | None = None
     # Seconds between stats lines; None: 60 for live streams, none for files; 0: none.
     stats_every: float | None = None
+    stall_s: float = DEFAULT_STALL_S  # live: no frame this long is a "stalled" source event
     trace_clips: bool = False  # keep each stream's recent clips (tests and debugging)
     server: str | None = None  # grpc://HOST:PORT[/MODEL]: inference on a Triton server
     server_timeout_s: float = DEFAULT_SERVER_TIMEOUT_S
@@ -127,6 +129,8 @@ class StreamOptions:
             raise OptionError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
         if self.max_rate is not None and not (math.isfinite(self.max_rate) and self.max_rate > 0):
             raise OptionError(f"--max-rate must be a positive number of predictions a second, got {self.max_rate}")
+        if not (math.isfinite(self.stall_s) and self.stall_s > 0):
+            raise OptionError(f"--stall-s must be a positive number of seconds, got {self.stall_s}")
         if self.stats_every is not None and not (math.isfinite(self.stats_every) and self.stats_every >= 0):
             raise OptionError(f"--stats-every must be >= 0 seconds (0: no stats lines), got {self.stats_every}")
         # The smoother checks its own options; two placeholder classes are enough for that.
@@ -356,6 +360,7 @@ class StreamPipeline:
                 log.info("SIGHUP: reopened %s", writer.path)
             now = time.monotonic()
             for channel in self.channels:
+                channel.check_stall(now, self.options.stall_s)
                 due = next_stats.get(channel.name)
                 if due is not None and now >= due and channel.running:
                     channel.write_stats(writer, now)

@@ -45,6 +45,11 @@ class Sink:
     def frame(self, image: np.ndarray, info: FrameInfo, smoothed: Label | None) -> None:
         """A presented frame (annotated when :attr:`wants_image`), with the label it shows."""
 
+    def source(self, state: str, time_s: float | None, detail: str) -> None:
+        """The source's state changed (``opened``, ``lost``, ``reconnecting``, ``reopened``,
+        ``stalled``, ``resumed``, ``ended``). Called on any of the stream's threads or the main
+        thread: a sink that overrides this must be thread-safe."""
+
     def server(self, lost: bool, wall_s: float, detail: str, outages: int) -> None:
         """The inference server was lost or is back (``--server``). Called on the scheduler
         thread: a sink that overrides this must be thread-safe."""
@@ -65,6 +70,9 @@ class EventsSink(Sink):
 
     def frame(self, image: np.ndarray, info: FrameInfo, smoothed: Label | None) -> None:
         self.log.note_frame(info.index, info.time_s, smoothed)
+
+    def source(self, state: str, time_s: float | None, detail: str) -> None:
+        self.log.write_source(state, time_s, detail)
 
     def server(self, lost: bool, wall_s: float, detail: str, outages: int) -> None:
         self.log.write_server("lost" if lost else "restored", wall_s, detail, outages)

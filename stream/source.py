@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -48,6 +49,7 @@ FRAME_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 DEFAULT_FOLDER_FPS = 30.0
 DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_STALL_S = 5.0  # a live source without a frame this long is reported stalled
 DEFAULT_RECONNECTS = 3
 # A frame whose presentation time runs this much further ahead of its arrival than the frame
 # before it is a reset of the stream's clock, not a burst (bursts of buffered video are a few s).
@@ -195,12 +197,31 @@ def parse_source(text: str) -> SourceSpec:
     )
 
 
+class SourceState(Enum):
+    """What a stream's source is doing, as the events' ``source`` lines and the views report it."""
+
+    OPENED = "opened"  # the first frame was read
+    LOST = "lost"  # it stopped sending (or the connection dropped)
+    RECONNECTING = "reconnecting"  # an attempt to reopen it is under way
+    REOPENED = "reopened"  # frames flow again after a loss
+    STALLED = "stalled"  # no frame for --stall-s, the connection still open
+    RESUMED = "resumed"  # frames flow again after a stall
+    ENDED = "ended"  # no more frames will come
+
+    @property
+    def healthy(self) -> bool:
+        return self in (SourceState.OPENED, SourceState.REOPENED, SourceState.RESUMED)
+
+
 class VideoSource(ABC):
     """An opened source. One thread (the capture thread) reads it; :meth:`close` may come from any."""
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
         self.frames_read = 0
+        # Told of losses and reconnects as they happen (on the capture thread); the stream's
+        # channel sets it to write them as events and show them.
+        self.on_state: Callable[[SourceState, str], None] | None = None
         # Set when the source ended for a reason the user should hear about (a truncated file,
         # a stream that dropped for good); None for a normal end.
         self.end_note: str | None = None
@@ -208,6 +229,10 @@ class VideoSource(ABC):
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def _report(self, state: SourceState, detail: str) -> None:
+        if self.on_state is not None:
+            self.on_state(state, detail)
 
     @property
     def is_live(self) -> bool:
@@ -543,12 +568,14 @@ class CaptureSource(VideoSource):
         with self._lock:
             if self._cap is not None:
                 self._cap.release()
+        self._report(SourceState.LOST, "stopped sending frames")
         for attempt in range(1, self._reconnect + 1):
             delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1))
             log.warning(
                 "%s stopped sending frames; reconnecting in %.1f s (%d/%d)",
                 self.name, delay, attempt, self._reconnect,
             )  # fmt: skip
+            self._report(SourceState.RECONNECTING, f"attempt {attempt}/{self._reconnect} in {delay:g} s")
             if stop is not None and stop.wait(delay):
                 return False
             if stop is None:
@@ -562,6 +589,7 @@ class CaptureSource(VideoSource):
                 if cap is not None:
                     self._cap = cap
                     log.warning("%s reconnected", self.name)
+                    self._report(SourceState.REOPENED, f"after {attempt} attempt(s)")
                     return True
         self.end_note = (
             f"{self.name} stopped sending frames and {self._reconnect} reconnect attempt(s) failed"
