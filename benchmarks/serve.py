@@ -137,7 +137,8 @@ def run(bench: Bench) -> SectionResult:
         )
         result.headline.append(
             (
-                f"--serve, {cost:.0f} ms model, {clients} watching clients: predictions/s, capture fps",
+                f"--serve, {cost:.0f} ms model, {clients} watching clients: "
+                "predictions/s, capture fps",
                 f"{st['predictions_per_s'].fmt(2)}, {st['capture_fps'].fmt(1)}",
             )
         )
@@ -152,7 +153,8 @@ def run(bench: Bench) -> SectionResult:
         [
             "What: `epic-stream --source synthetic.mp4 --realtime --max-rate 1000 --serve PORT "
             "--no-display "
-            f"--events ...` on a {p.serve_size[0]}x{p.serve_size[1]} {FPS:.0f} fps synthetic video of "
+            f"--events ...` on a {p.serve_size[0]}x{p.serve_size[1]} {FPS:.0f} fps synthetic "
+            "video of "
             f"{p.latency_seconds:g} s with dial models of {costs} ms ({p.dial_frames}x"
             f"{p.dial_size} input), with 0 and with 5 MJPEG clients (Python threads reading "
             "`/video/NAME.mjpg` as fast as they can, on the same cores). Predictions/s and capture "

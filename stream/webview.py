@@ -1,4 +1,4 @@
-"""LiveView: the ``--serve`` web page, for headless boxes (a mini-PC beside a camera, a rack server).
+"""LiveView: the ``--serve`` web page, for headless boxes (a mini-PC beside a camera, a server).
 
 Routes, a promise to users (there are no others, and nothing is served from a user's path):
 
@@ -14,10 +14,11 @@ Serving never slows the pipeline. The server runs its own asyncio loop in its ow
 stream's presenter thread, through its :class:`WebSink`, only reads a counter
 (:meth:`LiveView.watching`), and, while someone watches and the fps budget allows, copies the
 frame and hands it to the loop (:meth:`LiveView.offer_frame`). Every ``--events`` record reaches
-the page through :meth:`LiveView.publish` (the events writer's listener, any thread). JPEG encoding happens in one encoder thread, only for watched
-streams. Each video client has a queue of one: a new JPEG replaces one it has not taken yet, so a
-slow client sees fewer frames, never older ones. A client whose socket takes nothing for
-``client_timeout_s`` is dropped, and so is an events client that falls that far behind.
+the page through :meth:`LiveView.publish` (the events writer's listener, from any thread). JPEG
+encoding happens in one encoder thread, only for watched streams. Each video client has a queue
+of one: a new JPEG replaces one it has not taken yet, so a slow client sees fewer frames, never
+older ones. A client whose socket takes nothing for ``client_timeout_s`` is dropped, and so is an
+events client that falls ``EVENTS_BACKLOG`` records behind (its EventSource reconnects).
 
 With a token, every route answers 401 without it (``Authorization: Bearer TOKEN``, or
 ``?token=TOKEN`` for the page's img and EventSource, which cannot send headers). A host other than
@@ -130,7 +131,7 @@ def parse_serve_address(text: str) -> ServeAddress:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach ``host`` (a name other than localhost may be anything)."""
+    """Whether only this machine can reach ``host`` (a name other than localhost may be any)."""
     if host.lower() == "localhost":
         return True
     try:
@@ -304,7 +305,7 @@ class LiveView:
         return self._status[name]
 
     def close(self) -> None:
-        """Stop serving: clients are disconnected, the thread joined (with a timeout). Idempotent."""
+        """Stop serving: clients disconnected, the thread joined (with a timeout). Idempotent."""
         loop, self._loop = self._loop, None
         if loop is None:
             return
@@ -354,7 +355,8 @@ class LiveView:
         where = f"--serve {self.address}"
         if exc.errno == errno.EADDRINUSE:
             return OutputError(
-                f"{where}: port {self.address.port} is in use; stop what uses it or choose another port"
+                f"{where}: port {self.address.port} is in use; "
+                "stop what uses it or choose another port"
             )
         if exc.errno in (errno.EACCES, errno.EPERM):
             return OutputError(f"{where}: permission denied; ports below 1024 need root, use 8080")

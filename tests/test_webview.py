@@ -27,7 +27,7 @@ ROUTES = ("/", "/video/kitchen.mjpg", "/events", "/api/streams", "/healthz")
 
 @pytest.fixture
 def make_view():
-    """``make_view(**kwargs)``: a started LiveView on a free loopback port, closed after the test."""
+    """``make_view(**kwargs)``: a started LiveView on a free port, closed after the test."""
     views = []
 
     def make(host="127.0.0.1", **kwargs) -> LiveView:
@@ -291,7 +291,7 @@ def test_cli_refuses_serve_errors_in_one_line_before_the_stream_starts(capsys, t
         taken.listen()
         port = taken.getsockname()[1]
         cases = {
-            f"127.0.0.1:{port}": f"--serve 127.0.0.1:{port}: port {port} is in use; stop what uses it",
+            f"127.0.0.1:{port}": f"--serve 127.0.0.1:{port}: port {port} is in use; stop",
             "0.0.0.0:8080": "--serve 0.0.0.0:8080: a host other than loopback needs --serve-token",
             "abc": "--serve abc: expected [HOST:]PORT",
         }
