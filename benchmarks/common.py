@@ -75,6 +75,9 @@ class Profile:
     # (8) many streams: stream counts, seconds of 640x480 realtime video per run
     multistream_counts: tuple[int, ...] = (1, 2, 4, 8)
     multistream_seconds: float = 20.0
+    # (11) --serve: dial-model costs (source-bound, CPU-bound), the camera's frame size
+    serve_costs_ms: tuple[float, ...] = (10.0, 60.0)
+    serve_size: tuple[int, int] = (1280, 720)
 
 
 QUICK = Profile(
@@ -128,6 +131,8 @@ SMOKE = Profile(
     gpu_model=("tiny", 32),
     multistream_counts=(1, 2),
     multistream_seconds=2.0,
+    serve_costs_ms=(2.0,),
+    serve_size=(320, 240),
 )
 
 PROFILES = {p.name: p for p in (QUICK, FULL, SMOKE)}

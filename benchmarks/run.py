@@ -35,6 +35,7 @@ from benchmarks import (
     overhead,
     recording,
     report,
+    serve,
     triton,
 )
 from benchmarks.common import (
@@ -59,6 +60,7 @@ SECTIONS = {
     "multistream": multistream,
     "recording": recording,
     "triton": triton,
+    "serve": serve,
 }
 
 

@@ -41,6 +41,7 @@ from stream.source import (
     RtspTransport,
 )
 from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
+from stream.webview import DEFAULT_SERVE_FPS, parse_serve_address
 
 PROG = "epic-stream"
 DEMO_MODEL = Path(stream.__file__).resolve().parents[1] / "models" / "demo.onnx"
@@ -228,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="live streams: no frame for this long is reported as a 'stalled' source event "
         f"(default {DEFAULT_STALL_S:g})",
     )
+    serve = parser.add_argument_group("live view in the browser")
+    serve.add_argument(
+        "--serve",
+        type=parse_serve_address,
+        metavar="[HOST:]PORT",
+        help="serve a live page: each stream's annotated video, label and timeline (HOST default "
+        "127.0.0.1; another host needs --serve-token)",
+    )
+    serve.add_argument(
+        "--serve-token", metavar="TOKEN",
+        help="every request must carry it: Authorization: Bearer TOKEN, or ?token=TOKEN",
+    )  # fmt: skip
+    serve.add_argument(
+        "--serve-fps", type=float, default=DEFAULT_SERVE_FPS, metavar="N",
+        help=f"at most N video frames a second per stream (default {DEFAULT_SERVE_FPS:g})",
+    )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
     return parser
@@ -314,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             server_timeout_s=args.server_timeout,
             timeout_s=args.timeout,
             rtsp_transport=RtspTransport(args.rtsp_transport),
+            serve=args.serve,
+            serve_token=args.serve_token,
+            serve_fps=args.serve_fps,
         )
         # With --events - the events own stdout: everything for people goes to stderr.
         console = Console(stderr=True) if str(args.events) == STDOUT else None

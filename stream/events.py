@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,6 +150,8 @@ class EventWriter:
         self._lock = threading.Lock()
         self.lines = 0  # written, over every file this writer had
         self.reopened = 0
+        # Called with every record, from the writing thread, file or not (--serve forwards them).
+        self.listener: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def to_stdout(self) -> bool:
@@ -175,6 +177,8 @@ class EventWriter:
             raise OutputError(f"cannot write events file {path}: {exc.strerror or exc}") from exc
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.listener is not None:
+            self.listener(record)
         line = json.dumps(record, allow_nan=False) + "\n"
         with self._lock:
             if self._file is None:

@@ -53,9 +53,18 @@ from stream.source import (
     RtspTransport,
     TimeBase,
     VideoSource,
+    mask_credentials,
     open_source,
 )
 from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
+from stream.webview import (
+    DEFAULT_SERVE_FPS,
+    LiveView,
+    ServeAddress,
+    StreamCard,
+    WebSink,
+    check_serve_options,
+)
 from stream.window import GridWindow
 
 __all__ = ["Interrupted", "StreamOptions", "StreamPipeline"]
@@ -102,6 +111,9 @@ class StreamOptions:
     server: str | None = None  # grpc://HOST:PORT[/MODEL]: inference on a Triton server
     server_timeout_s: float = DEFAULT_SERVER_TIMEOUT_S
     rtsp_transport: RtspTransport = RtspTransport.TCP
+    serve: ServeAddress | None = None  # --serve: the live page
+    serve_token: str | None = None
+    serve_fps: float = DEFAULT_SERVE_FPS
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -133,6 +145,8 @@ class StreamOptions:
             raise OptionError(f"--stall-s must be a positive number of seconds, got {self.stall_s}")
         if self.stats_every is not None and not (math.isfinite(self.stats_every) and self.stats_every >= 0):
             raise OptionError(f"--stats-every must be >= 0 seconds (0: no stats lines), got {self.stats_every}")
+        if self.serve is not None:
+            check_serve_options(self.serve, self.serve_token, self.serve_fps)
         # The smoother checks its own options; two placeholder classes are enough for that.
         make_smoother(
             self.smoothing, ("a", "b"), alpha=self.alpha, window=self.window, min_score=self.min_score
@@ -153,6 +167,7 @@ class StreamPipeline:
         self.summaries: list[dict[str, Any]] = []
         self.provider: str | None = None
         self._sources: list[VideoSource] = []
+        self.web_view: LiveView | None = None  # --serve
 
     def say(self, message: str) -> None:
         self.console.print(f"epic-stream: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -174,6 +189,8 @@ class StreamPipeline:
             finally:
                 for source in self._sources:
                     source.close()
+                if self.web_view is not None:
+                    self.web_view.close()
 
     def _check_outputs(self) -> dict[str, Path]:
         """Outputs first: a typo in a path must not cost a model load and a camera open, and an
@@ -191,6 +208,16 @@ class StreamPipeline:
             outputs.append(("--events", opts.events))
         check_outputs(self.named, outputs, self.say)
         return records
+
+    def _start_web_view(self) -> LiveView:
+        opts = self.options
+        view = LiveView(
+            opts.serve.host, opts.serve.port, token=opts.serve_token, max_fps=opts.serve_fps,
+            streams=[StreamCard(n.name, mask_credentials(n.text)) for n in self.named],
+        )  # fmt: skip
+        view.start()
+        self.say(f"live view on {view.url}" + (" (add ?token=TOKEN)" if opts.serve_token else ""))
+        return view
 
     def _open_model(self) -> tuple[Runner, Any]:
         opts = self.options
@@ -285,6 +312,8 @@ class StreamPipeline:
                 sinks.append(RecorderSink(VideoRecorder(records[named.name], fps=fps)))
             if window.enabled:
                 sinks.append(window.tiles[k])
+            if self.web_view is not None:
+                sinks.append(WebSink(self.web_view, named.name))
             sinks.append(EventsSink(EventLog(writer, contract.class_names, stream=named.name)))
             smoother = make_smoother(
                 opts.smoothing, contract.class_names,
@@ -302,9 +331,13 @@ class StreamPipeline:
     def _run(self, guard: SignalGuard) -> dict[str, Any]:
         opts = self.options
         records = self._check_outputs()
+        if opts.serve is not None:  # a port in use is refused before the model loads, too
+            self.web_view = self._start_web_view()
         runner, contract = self._open_model()
         self._open_sources()
         writer = EventWriter.open(opts.events)
+        if self.web_view is not None:  # every events line goes to the page too
+            writer.listener = self.web_view.publish
         window = GridWindow(opts.display, len(self.named), self.say)
         failure: BaseException | None = None
         try:

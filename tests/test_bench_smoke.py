@@ -138,6 +138,10 @@ def test_smoke_run_measures_what_each_section_promises(smoke_report):
     assert sections["original"]["data"]["labels"]["every1"]["raw_compared"] > 0
     assert len(sections["memory"]["data"]["samples"]) >= 2
     assert sections["gpu"]["data"]["providers"]  # every GPU provider probed, working or not
+    served = sections["serve"]["data"]["runs"]
+    assert len(served) == 2 * len(SMOKE.serve_costs_ms)  # 0 and 5 clients per model
+    watched = [r for key, runs in served.items() if key.endswith(" 5 clients") for r in runs]
+    assert watched and all(r["client_fps"] and r["client_fps"] > 0 for r in watched)
 
 
 def test_cpu_share_counts_other_processes_not_the_benchmark_itself():
