@@ -114,6 +114,15 @@ def test_a_file_that_is_not_video(tmp_path, probe, capsys):
         ({"output_name": "probs"}, "no output named 'scores'"),
         ({"class_names": None, "num_classes": 3}, "class_names' is missing"),
         ({"class_names": ("a", "b"), "num_classes": 3}, "has 2 names but output"),
+        # Nonsense numbers: NaN used to reach math.ceil in the ring sizing as a traceback.
+        ({"metadata": {"clip_seconds": "nan"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"clip_seconds": "inf"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"clip_seconds": "0"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"clip_seconds": "-1"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"num_frames": "0"}, "input_shape": ["b", "t", 16, 16, 3]}, "at least 1"),
+        ({"metadata": {"image_size": "-16"}, "input_shape": ["b", 4, "s", "s", 3]}, "at least 1"),
+        ({"metadata": {"num_frames": "6"}}, "num_frames=6 contradicts input 'frames'"),
+        ({"metadata": {"image_size": "224"}}, "image_size=224 contradicts input 'frames'"),
     ],
 )
 def test_contract_breaks_give_one_line(tmp_path, make_video, capsys, kwargs, needle):

@@ -25,6 +25,10 @@ from stream.runtime import Device, Runner, create_session
         ({"class_names": None, "num_classes": 3}, "'class_names' is missing"),
         ({"class_names": ("a", "b"), "num_classes": 3}, "has 2 names but output"),
         ({"metadata": {"class_names": '{"0": "a"}'}}, "JSON list of strings"),
+        ({"metadata": {"clip_seconds": "nan"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"clip_seconds": "0.0"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"num_frames": "-2"}, "input_shape": ["b", "t", 16, 16, 3]}, "at least 1"),
+        ({"metadata": {"num_frames": "8"}}, "num_frames=8 contradicts"),
     ],
 )
 def test_contract_breaks_are_named(tmp_path, kwargs, needle):
@@ -43,6 +47,12 @@ def test_missing_and_non_onnx_models(tmp_path):
         create_session(junk)
     with pytest.raises(ModelError, match="folder"):
         create_session(tmp_path)
+
+
+def test_a_single_frame_model_may_span_no_time(tmp_path):
+    path = classifier_model(tmp_path / "m.onnx", num_frames=1, clip_seconds=0.0)
+    _, contract, _ = create_session(path, "cpu")
+    assert (contract.num_frames, contract.clip_seconds) == (1, 0.0)
 
 
 def test_missing_clip_seconds_falls_back_to_consecutive_frames(tmp_path, caplog):
