@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "that really works (default: auto)",
     )
     parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where TensorRT engines are cached, one folder per model; the first start on a GPU "
+        "builds one, which takes minutes (default: $XDG_CACHE_HOME or ~/.cache, "
+        "then epic-stream/tensorrt)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, metavar="N",
         help="ONNX Runtime intra-op threads (default 0: its own choice)",
     )  # fmt: skip
@@ -220,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             reconnect=args.reconnect,
             fps=args.fps,
+            cache_dir=args.cache_dir,
         )
         pipeline = StreamPipeline(options)
         if is_demo:

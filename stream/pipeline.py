@@ -89,6 +89,7 @@ class StreamOptions:
     reconnect: int = DEFAULT_RECONNECTS
     fps: float | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    cache_dir: Path | None = None  # TensorRT engines; None: stream.runtime.default_cache_dir()
 
     def check(self) -> None:
         """Raise :class:`OptionError` for values that cannot work (before anything is opened)."""
@@ -225,7 +226,9 @@ class StreamPipeline:
         if opts.events is not None:
             check_events_path(opts.events)
 
-        session, contract, provider = create_session(opts.model, opts.device, opts.threads)
+        session, contract, provider = create_session(
+            opts.model, opts.device, opts.threads, cache_dir=opts.cache_dir
+        )
         self.provider = provider
         runner = Runner(session, contract, provider)
         clip = "consecutive frames" if contract.clip_seconds is None else f"{contract.clip_seconds:g} s"
