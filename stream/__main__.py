@@ -31,7 +31,8 @@ from stream.smoothing import (
 from stream.source import DEFAULT_FOLDER_FPS, DEFAULT_RECONNECTS
 
 PROG = "epic-stream"
-DEMO_MODEL = Path(stream.__file__).resolve().parents[1] / "models" / "demo.onnx"
+# Package data (pyproject.toml): installed with the package, found without a checkout.
+DEMO_MODEL = Path(stream.__file__).resolve().parent / "models" / "demo.onnx"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         metavar="MODEL.onnx",
-        help=f"the ONNX model (default: the demo model, {DEMO_MODEL.relative_to(DEMO_MODEL.parents[1])})",
+        help=f"the ONNX model (default: the demo model, {DEMO_MODEL.relative_to(DEMO_MODEL.parents[2])})",
     )
     parser.add_argument(
         "--record",
