@@ -101,7 +101,11 @@ def test_frames_move_as_labelled(dataset):
         ]
         action = row["action_class"].strip()
         if action == synth.IDLE:
-            assert np.array_equal(masks[0], masks[1]), row
+            # Nothing moves: at most one cut from one still scene to another.
+            frames = [cv2.imread(str(folder / f"frame_{i:010d}.jpg"))
+                      for i in range(int(row["start_frame"]), int(row["stop_frame"]) + 1)]
+            changes = sum(not np.array_equal(a, b) for a, b in itertools.pairwise(frames))
+            assert changes <= 1, row
             continue
         areas = [m.sum() for m in masks]
         centres = [np.nonzero(m)[1].mean() for m in masks]

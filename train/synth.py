@@ -5,9 +5,10 @@ task drawn here. Its classes are motions of a textured object over a textured ba
 
 * ``slide``: the object slides sideways (to the left or to the right);
 * ``approach`` / ``recede``: the object grows or shrinks, as if it came closer or went away;
-* ``idle``: nothing moves: the object stands still, or (in a quarter of them) the background is
-  empty. The demo video's stretches between actions look like this, so the model can say that
-  nothing happens instead of naming an action.
+* ``idle``: nothing moves: the object stands still, or the background is empty, or one still
+  scene cuts to another (an object replaced by another, or appearing, or gone). The demo video's
+  stretches between actions look like this, so the model can say that nothing happens instead
+  of naming an action.
 
 A single frame cannot tell these apart. Every property a frame shows is drawn independently of
 the class from the same distribution: the background, the object's shape, texture, colours and
@@ -53,6 +54,10 @@ CLASSES: tuple[str, ...] = (*ACTIONS, IDLE)
 # The share of training idle instances with no object at all: the demo video ends on the empty
 # background, which a model that only ever saw an object would have to guess about.
 EMPTY_IDLE_SHARE = 0.25
+# The share in which one still object gives way to another (or to none, or appears from none) at
+# a random frame: between a video's actions, the next object takes the last one's place with no
+# motion, and a clip that spans that cut shows nothing happen but the cut.
+CUT_IDLE_SHARE = 0.35
 
 # Texture families. Training and validation videos use the first set; the demo video's background
 # uses the second, which no training video has, so the demo shows the model generalising past the
@@ -61,9 +66,10 @@ SEEN_TEXTURES: tuple[str, ...] = ("noise", "stripes", "checker", "dots")
 UNSEEN_TEXTURES: tuple[str, ...] = ("cells", "rings", "plaid")
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "diamond", "hexagon", "star")
 
-# Motion, in units of the frame's short side and per second of video. Over a clip of
-# CLIP_SECONDS a sliding object travels 0.35-0.6 of the frame and a zooming one changes its size
-# by a factor 1.4-2.3: a few pixels per sampled frame at 64 pixels, less than a 16-pixel patch.
+# Motion, in units of the frame's short side and per second of video. Each second a sliding
+# object travels 0.35-0.6 of the frame and a zooming one changes its size by a factor 1.4-2.3;
+# over a clip of CLIP_SECONDS, half that: a pixel or two per frame at 64 pixels, less than a
+# 16-pixel patch.
 SPEED_RANGE = (0.35, 0.60)  # short sides per second, sideways
 ZOOM_RANGE = (math.log(1.4), math.log(2.3))  # log size change per second
 # A long action slows down to stay in view: at most this far, or this much bigger or smaller.
@@ -71,7 +77,7 @@ MAX_TRAVEL = 1.3  # short sides
 MAX_SWING = math.log(9.0)
 DEMO_RADII = (0.14, 0.5)  # a demo object's radius at the start and end of approach / recede
 RADIUS_RANGE = (0.16, 0.34)  # object radius, short sides, log-uniform (middle of its instance)
-CLIP_SECONDS = 1.0
+CLIP_SECONDS = 0.5  # configs/demo.yaml's clip_seconds
 # The object is always brighter than the background (luma ranges that do not overlap), as a
 # lit object in front of a duller scene. It says where the object is in every frame, for every
 # class alike, so it gives nothing away about the action; but it makes "where is the object" a
@@ -342,8 +348,8 @@ def render_frames(
             actions.append(None)
         elif centred:
             actions.append(_objects_in_view(rng, step.action, step.frames, fps, aspect, families))
-        elif step.action == IDLE and rng.uniform() < EMPTY_IDLE_SHARE:
-            actions.append([])  # an empty scene: the background alone
+        elif step.action == IDLE:
+            actions.append(_still_objects(rng, step.frames, fps, aspect, families))
         else:
             actions.append([(0, draw_instance(rng, step.action, step.frames, fps, aspect, families))])
 
@@ -363,6 +369,26 @@ def render_frames(
             continue
         for i in range(step.frames):
             yield frame_of(objects, i)
+
+
+def _still_objects(
+    rng: np.random.Generator, frames: int, fps: float, aspect: float, families: Sequence[str]
+) -> list[tuple[int, Instance]]:
+    """(first frame, object) pairs for a labelled idle instance: one still object, none, or a cut
+    from one still scene to another (object to object, object to none, none to object)."""
+    draw = rng.uniform()
+    if draw < EMPTY_IDLE_SHARE:
+        return []  # an empty scene: the background alone
+    if draw >= EMPTY_IDLE_SHARE + CUT_IDLE_SHARE or frames < 4:
+        return [(0, draw_instance(rng, IDLE, frames, fps, aspect, families))]
+    cut = int(rng.integers(2, frames - 1))
+    before, after = rng.uniform() < 0.8, rng.uniform() < 0.8  # mostly object to object
+    objects = []
+    if before or not after:
+        objects.append((0, draw_instance(rng, IDLE, cut, fps, aspect, families)))
+    if after:
+        objects.append((cut, draw_instance(rng, IDLE, frames - cut, fps, aspect, families)))
+    return objects
 
 
 def _objects_in_view(
