@@ -28,8 +28,9 @@ lint: install
 demo: install
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
-# Rebuilds stream/models/demo.onnx (package data) from nothing: seeded synthetic data -> configs/demo.yaml -> export of
-# the best checkpoint (the fit's own model.onnx). 4-5 minutes on 2 CPU cores.
+# Rebuilds stream/models/demo.onnx (package data) from nothing: seeded synthetic data ->
+# configs/demo.yaml -> export of the best checkpoint (the fit's own model.onnx). 5-15 minutes on
+# 2 CPU cores, depending on what else runs.
 demo-model: install
 	rm -rf data/synth runs/demo
 	$(PY) -m train synth --out data/synth --seed 0
