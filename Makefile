@@ -33,15 +33,15 @@ demo: install
 demo-multi: install
 	$(PY) scripts/multistream_demo.py --out demo_multi $(DEMO_ARGS)
 
-# Rebuilds models/demo.onnx from nothing: seeded synthetic data -> configs/demo.yaml -> export of
-# the best checkpoint (the fit's own model.onnx). 4-5 minutes on 2 CPU cores.
+# Rebuilds stream/models/demo.onnx (package data) from nothing: seeded synthetic data ->
+# configs/demo.yaml -> export of the best checkpoint (the fit's own model.onnx). 5-15 minutes on
+# 2 CPU cores, depending on what else runs.
 demo-model: install
 	rm -rf data/synth runs/demo
 	$(PY) -m train synth --out data/synth --seed 0
 	$(PY) -m train fit --config configs/demo.yaml --data.data_path data/synth --trainer.default_root_dir runs/demo
-	mkdir -p models
-	cp runs/demo/model.onnx models/demo.onnx
-	$(PY) -c "from stream.contract import load_contract; print(load_contract('models/demo.onnx'))"
+	cp runs/demo/model.onnx stream/models/demo.onnx
+	$(PY) -c "from stream.contract import load_contract; print(load_contract('stream/models/demo.onnx'))"
 
 # Not part of `make test`. Quick by default (at most 20 minutes on 2 cores); FULL=1 runs everything.
 bench: install

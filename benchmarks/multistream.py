@@ -207,7 +207,7 @@ def run(bench: Bench) -> SectionResult:
     result.body = "\n".join([
         f"What: N copies of a {SIZE[0]}x{SIZE[1]} {FPS:.0f} fps synthetic video ({seconds:g} s), each "
         "played as a live camera (`--realtime`), with the committed demo model "
-        "(`stream/models/demo.onnx` or `models/demo.onnx`), headless, `--events` only. "
+        "(`stream/models/demo.onnx`), headless, `--events` only. "
         "*One process*: `epic-stream --source cam0=V --source cam1=V ...` (one session, batches of "
         "up to N). *N processes*: N `epic-stream --source V` at once. RSS: peak of the sum over the "
         "processes, sampled every 0.5 s; CPU: their user+system seconds over wall time x cores. "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -42,17 +43,37 @@ from train.normalize import REFERENCE_MEAN, REFERENCE_STD
 
 log = logging.getLogger(__name__)
 
-# The reference's Kinetics clips: 8 frames every 32 source frames (16 every 16) of 30 fps video,
-# a 256-frame window. A checkpoint that does not say its clip span is assumed to have been
-# trained like that: (T - 1) * (256 / T) / 30 s from first to last frame, 7.47 s for T = 8.
+# The reference (TimeSformer's datasets/decoder.py: get_start_end_idx, then temporal_sampling)
+# takes a window of NUM_FRAMES * SAMPLING_RATE frames of TARGET_FPS video and spreads the
+# NUM_FRAMES samples over it with linspace from its first frame to its last: a clip spans
+# (NUM_FRAMES * SAMPLING_RATE - 1) / TARGET_FPS seconds, 255 / 30 = 8.5 s for the 8x32 models.
+# An official checkpoint's stored cfg says SAMPLING_RATE and TARGET_FPS; without it, the released
+# models' values are assumed (8x32, 16x16 and 96x4 at 30 fps; other T: the 256-frame window).
 REFERENCE_FPS = 30.0
+REFERENCE_SAMPLING_RATES = {8: 32, 16: 16, 96: 4}
 REFERENCE_WINDOW_FRAMES = 256
 
 Step = Callable[[str], AbstractContextManager]
 
 
-def reference_clip_seconds(num_frames: int) -> float:
-    return (num_frames - 1) * (REFERENCE_WINDOW_FRAMES / num_frames) / REFERENCE_FPS
+def reference_clip_seconds(
+    num_frames: int, sampling_rate: float | None = None, target_fps: float | None = None
+) -> float:
+    """Seconds from a reference clip's first frame to its last; None: the reference's value."""
+    if sampling_rate is None:
+        sampling_rate = REFERENCE_SAMPLING_RATES.get(
+            num_frames, REFERENCE_WINDOW_FRAMES / num_frames
+        )
+    return (num_frames * sampling_rate - 1) / (target_fps or REFERENCE_FPS)
+
+
+def _positive(value: Any) -> float | None:
+    """A stored config's number if it is one above 0; None (use the reference's) otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 @dataclass(frozen=True)
@@ -210,14 +231,18 @@ def export_checkpoint(
     elif stored_clip is not None:
         span = float(stored_clip)
         sources["clip_seconds"] = "checkpoint"
+    elif (rate := _positive(hparams.get("sampling_rate"))) is not None:
+        # An official checkpoint's cfg: the reference's sampling, with its own numbers.
+        span = reference_clip_seconds(frames, rate, _positive(hparams.get("target_fps")))
+        sources["clip_seconds"] = "checkpoint config"
     else:
         span = reference_clip_seconds(frames)
         sources["clip_seconds"] = "reference guess"
+        window = round(span * REFERENCE_FPS) + 1
         warn(
             f"{checkpoint.name} does not say how much time a clip spans: assuming the reference's "
-            f"sampling, {frames} frames spread over {REFERENCE_WINDOW_FRAMES} frames of "
-            f"{REFERENCE_FPS:g} fps video, {span:.3g} s from first to last; give --clip-seconds "
-            "to set it"
+            f"sampling, {frames} frames spread over {window} frames of {REFERENCE_FPS:g} fps "
+            f"video, {span:.3g} s from first to last; give --clip-seconds to set it"
         )
 
     if flag_mean is not None or flag_std is not None:

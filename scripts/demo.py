@@ -4,8 +4,9 @@
    textures no training video had (train.synth.render_sequence_video, with its ground truth).
 2. Stream it through epic-stream with the committed demo model, recording the annotated video
    and the events, exactly as a user would run it.
-3. Print ground-truth segments against predicted segments and the frame accuracy of the
-   smoothed label, and write an animated GIF and a PNG strip of the annotated video.
+3. Print ground-truth stretches (the actions and the idle stretches between them) against the
+   predictions, and the frame accuracy of the smoothed label over every frame of the video, idle
+   ones included; write an animated GIF and a PNG strip of the annotated video.
 """
 
 from __future__ import annotations
@@ -40,27 +41,48 @@ def frame_labels(events: list[dict], num_frames: int) -> list[str | None]:
     return labels
 
 
+IDLE = "idle"  # the demo model's class for "nothing moves" (train/synth.py)
+
+
+def stretches(truth: dict) -> list[tuple[str, int, int]]:
+    """Every frame of the video in (label, first, last) stretches: the actions and, between and
+    around them, the idle stretches."""
+    out, frame = [], 0
+    for seg in truth["segments"]:
+        if seg["start_frame"] > frame:
+            out.append((IDLE, frame, seg["start_frame"] - 1))
+        out.append((seg["label"], seg["start_frame"], seg["stop_frame"]))
+        frame = seg["stop_frame"] + 1
+    if frame < truth["frames"]:
+        out.append((IDLE, frame, truth["frames"] - 1))
+    return out
+
+
 def score(truth: dict, events: list[dict]) -> tuple[Table, float]:
-    """Ground truth against predictions; accuracy over the frames where an action is shown."""
+    """Ground truth against predictions; accuracy over every frame, idle ones included (a frame
+    before the first prediction has no label and counts as wrong)."""
     fps, n = truth["fps"], truth["frames"]
     labels = frame_labels(events, n)
     table = Table(title="Ground truth vs epic-stream (smoothed label)", title_style="bold")
-    for col in ("action (truth)", "start s", "end s", "predicted (majority)", "frames right"):
-        table.add_column(col, justify="left" if "action" in col or "pred" in col else "right")
-    right = total = 0
-    for seg in truth["segments"]:
-        span = labels[seg["start_frame"] : seg["stop_frame"] + 1]
-        hits = sum(label == seg["label"] for label in span)
-        named = [label for label in span if label is not None]
+    for col in ("truth", "start s", "end s", "predicted (majority)", "frames right"):
+        table.add_column(col, justify="left" if col == "truth" or "pred" in col else "right")
+    right = action_right = action_total = 0
+    for label, first, last in stretches(truth):
+        span = labels[first : last + 1]
+        hits = sum(shown == label for shown in span)
+        named = [shown for shown in span if shown is not None]
         majority = max(set(named), key=named.count) if named else "-"
-        right, total = right + hits, total + len(span)
-        style = "green" if majority == seg["label"] else "red"
-        table.add_row(seg["label"], f"{seg['start_s']:.1f}", f"{seg['end_s']:.1f}",
+        right += hits
+        if label != IDLE:
+            action_right, action_total = action_right + hits, action_total + len(span)
+        style = "green" if majority == label else "red"
+        table.add_row(label, f"{first / fps:.1f}", f"{(last + 1) / fps:.1f}",
                       f"[{style}]{majority}[/]", f"{hits}/{len(span)} ({hits / len(span):.0%})")
-    accuracy = right / total if total else 0.0
+    accuracy = right / n if n else 0.0
     table.caption = (
-        f"frame accuracy of the smoothed label over the {total} action frames: {accuracy:.3f} "
-        f"({n} frames at {fps:g} fps)"
+        f"frame accuracy of the smoothed label over all {n} frames, idle included: "
+        f"{accuracy:.3f} ({fps:g} fps); over the {action_total} action frames alone: "
+        f"{action_right / max(1, action_total):.3f}"
     )
     return table, accuracy
 
@@ -120,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the demo's outputs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-display", action="store_true")
+    # The test video is 14 fps and the demo model runs a clip in ~10 ms: a prediction for every
+    # frame costs nothing, and it keeps the smoothed label close behind the 1.5 s idle stretches
+    # (epic-stream's default, about 4 a second, is every 4th frame here).
+    parser.add_argument("--every", type=int, default=1,
+                        help="epic-stream --every: one prediction every N frames (default 1)")
     return parser
 
 
@@ -136,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold]1.[/] test video {video}: {len(truth['segments'])} actions, "
                       f"{truth['frames']} frames at {truth['fps']:g} fps")
         command = ["--source", str(video), "--record", str(record), "--events", str(events_path)]
+        command += ["--every", str(args.every)]
         if args.model:
             command += ["--model", args.model]
         if args.no_display:
@@ -154,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     console.print(
         f"[bold]3.[/] wrote {record}, {events_path}, {out / 'demo_out.gif'} and {out / 'demo_strip.png'} "
-        f"in {time.monotonic() - started:.0f} s; smoothed-label frame accuracy [bold]{accuracy:.3f}[/]"
+        f"in {time.monotonic() - started:.0f} s; smoothed-label frame accuracy over all frames "
+        f"[bold]{accuracy:.3f}[/]"
     )
     return 0
 

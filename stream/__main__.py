@@ -44,7 +44,8 @@ from stream.triton_client import DEFAULT_SERVER_TIMEOUT_S
 from stream.webview import DEFAULT_SERVE_FPS, parse_serve_address
 
 PROG = "epic-stream"
-DEMO_MODEL = Path(stream.__file__).resolve().parents[1] / "models" / "demo.onnx"
+# Package data (pyproject.toml): installed with the package, found without a checkout.
+DEMO_MODEL = Path(stream.__file__).resolve().parent / "models" / "demo.onnx"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         metavar="MODEL.onnx",
-        help=f"the ONNX model (default: the demo model, {DEMO_MODEL.relative_to(DEMO_MODEL.parents[1])})",
+        help=f"the ONNX model (default: the demo model, {DEMO_MODEL.relative_to(DEMO_MODEL.parents[2])})",
     )
     parser.add_argument(
         "--record",
@@ -144,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=Device.AUTO.value,
         help="execution provider: auto tries TensorRT, then CUDA, then the CPU and keeps the first "
         "that really works (default: auto)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where TensorRT engines are cached, one folder per model; the first start on a GPU "
+        "builds one, which takes minutes (default: $XDG_CACHE_HOME or ~/.cache, "
+        "then epic-stream/tensorrt)",
     )
     parser.add_argument(
         "--threads", type=int, default=0, metavar="N",
@@ -334,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             serve=args.serve,
             serve_token=args.serve_token,
             serve_fps=args.serve_fps,
+            cache_dir=args.cache_dir,
         )
         # With --events - the events own stdout: everything for people goes to stderr.
         console = Console(stderr=True) if str(args.events) == STDOUT else None

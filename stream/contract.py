@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,25 @@ def _meta_int(meta: dict[str, str], key: str, where: str) -> int | None:
     if key not in meta:
         return None
     try:
-        return int(meta[key])
+        value = int(meta[key])
     except ValueError:
         raise ContractError(f"{where}: metadata {key}={meta[key]!r} is not an integer") from None
+    if value < 1:
+        raise ContractError(f"{where}: metadata {key} must be at least 1, got {value}")
+    return value
+
+
+def _agreeing(static: int | None, meta: int | None, key: str, shape: list, where: str) -> int | None:
+    """The input's fixed dimension, or the metadata's value where the input leaves it open.
+
+    Where both are given they must agree: a model that says one thing in its metadata and another
+    in its input would be fed clips of a length or size that its author did not mean.
+    """
+    if static is not None and meta is not None and static != meta:
+        raise ContractError(
+            f"{where}: metadata {key}={meta} contradicts input '{INPUT_NAME}' of shape {shape}"
+        )
+    return static or meta
 
 
 def read_contract(session, path: str | Path) -> ModelContract:
@@ -116,11 +133,15 @@ def read_contract(session, path: str | Path) -> ModelContract:
     if not class_names:
         raise ContractError(f"{where}: metadata 'class_names' is empty")
 
-    num_frames = _static_dim(shape[1]) or _meta_int(meta, "num_frames", where)
+    num_frames = _agreeing(
+        _static_dim(shape[1]), _meta_int(meta, "num_frames", where), "num_frames", shape, where
+    )
     size_h, size_w = _static_dim(shape[2]), _static_dim(shape[3])
     if size_h is not None and size_w is not None and size_h != size_w:
         raise ContractError(f"{where}: input '{INPUT_NAME}' frames must be square, but its shape is {shape}")
-    image_size = size_h or size_w or _meta_int(meta, "image_size", where)
+    image_size = _agreeing(
+        size_h or size_w, _meta_int(meta, "image_size", where), "image_size", shape, where
+    )
     if num_frames is None or image_size is None:
         raise ContractError(
             f"{where}: cannot tell the clip length and frame size: input '{INPUT_NAME}' has shape "
@@ -133,8 +154,14 @@ def read_contract(session, path: str | Path) -> ModelContract:
             clip_seconds = float(meta["clip_seconds"])
         except ValueError:
             raise ContractError(f"{where}: metadata clip_seconds={meta['clip_seconds']!r} is not a number") from None
-        if clip_seconds < 0:
-            raise ContractError(f"{where}: metadata clip_seconds must not be negative, got {clip_seconds}")
+        # NaN would reach math.ceil when the ring is sized; 0 would squeeze T frames into one
+        # instant. Only a single-frame model's clip truly spans no time.
+        least = "at least 0" if num_frames == 1 else "positive"
+        if not math.isfinite(clip_seconds) or clip_seconds < 0 or (clip_seconds == 0 and num_frames > 1):
+            raise ContractError(
+                f"{where}: metadata clip_seconds must be a finite number of seconds, {least}, "
+                f"got {meta['clip_seconds']!r}"
+            )
     else:
         log.warning(
             "%s: metadata 'clip_seconds' is missing; clips will be %d consecutive frames", where, num_frames

@@ -114,6 +114,7 @@ class StreamOptions:
     serve: ServeAddress | None = None  # --serve: the live page
     serve_token: str | None = None
     serve_fps: float = DEFAULT_SERVE_FPS
+    cache_dir: Path | None = None  # TensorRT engines; None: stream.runtime.default_cache_dir()
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -231,7 +232,9 @@ class StreamPipeline:
             self.provider = runner.provider
             self.say(f"model {Path(opts.model).name} on {runner.provider}, batches of up to {runner.max_batch}")
             return runner, contract
-        session, contract, provider = create_session(opts.model, opts.device, opts.threads)
+        session, contract, provider = create_session(
+            opts.model, opts.device, opts.threads, cache_dir=opts.cache_dir
+        )
         self.provider = provider
         wanted = opts.batch or len(self.named)
         max_batch = wanted if contract.max_batch is None else min(wanted, contract.max_batch)

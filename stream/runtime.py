@@ -5,6 +5,10 @@ TensorRT on machines without a GPU (or without its libraries) and silently falls
 so a provider only counts when the created session reports it first and a warm-up run succeeds.
 Forcing one that does not work is a :class:`ProviderError` that says what to do instead.
 
+TensorRT builds an engine for the model on its first run, which takes minutes; the engines are
+cached (``--cache-dir``, by default under the user's cache folder), one folder per model file, so
+that the terminal can say when a build is about to start and a second start is quick.
+
 :class:`Runner` owns the clip input buffer the worker gathers into and runs the model on it. On
 CUDA and TensorRT it uses IO binding: the input is bound once from that buffer and the output to a
 preallocated host array, so a run allocates nothing and copies only what must cross to the device.
@@ -12,7 +16,9 @@ preallocated host array, so a run allocates nothing and copies only what must cr
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from enum import Enum
 from pathlib import Path
@@ -40,8 +46,23 @@ PROVIDERS = {
     Device.CPU: "CPUExecutionProvider",
 }
 AUTO_ORDER = (Device.TENSORRT, Device.CUDA, Device.CPU)
-# TensorRT engines take long to build; cache them so the second start is quick.
-TRT_CACHE = Path.home() / ".cache" / "epic-stream" / "tensorrt"
+
+def default_cache_dir() -> Path:
+    """Where TensorRT engines are cached unless ``--cache-dir`` says otherwise:
+    ``$XDG_CACHE_HOME/epic-stream/tensorrt``, or ``~/.cache/epic-stream/tensorrt``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec: a relative value is invalid and must be ignored.
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "epic-stream" / "tensorrt"
+
+
+def engine_folder(cache_dir: Path, model: Path) -> Path:
+    """The cache folder of ``model``'s TensorRT engines: its name and a key of the file's path,
+    size and modification time, so that a changed or different model never passes for this one
+    in "is there an engine yet" (ORT itself keys engines by a hash of the graph)."""
+    stat = model.stat()
+    key = f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return cache_dir / f"{model.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -49,10 +70,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _provider_entry(device: Device):
+def _provider_entry(device: Device, engines: Path):
     name = PROVIDERS[device]
     if device is Device.TENSORRT:
-        options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(TRT_CACHE)}
+        options = {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(engines),
+            # Kernel timings are per GPU, not per model: shared, they make other builds faster.
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(engines.parent),
+        }
         return (name, options)
     return name
 
@@ -69,11 +96,11 @@ def _session_options(threads: int):
     return options
 
 
-def _open(path: Path, device: Device, threads: int):
+def _open(path: Path, device: Device, threads: int, engines: Path):
     """A session for ``device`` (with the CPU for nodes it cannot run), or raise what ORT raised."""
     import onnxruntime as ort
 
-    providers = [_provider_entry(device)]
+    providers = [_provider_entry(device, engines)]
     if device is Device.TENSORRT and PROVIDERS[Device.CUDA] in ort.get_available_providers():
         providers.append(PROVIDERS[Device.CUDA])  # for the nodes TensorRT does not take
     if device is not Device.CPU:
@@ -93,17 +120,20 @@ def _check_model_file(path: Path) -> None:
 
 def _load_on_cpu(path: Path, threads: int):
     try:
-        return _open(path, Device.CPU, threads)
+        return _open(path, Device.CPU, threads, Path())
     except Exception as exc:  # onnxruntime raises untyped errors for a file that is not a model
         raise ModelError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from exc
 
 
 def create_session(
-    path: str | Path, device: Device | str = Device.AUTO, threads: int = 0
+    path: str | Path,
+    device: Device | str = Device.AUTO,
+    threads: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> tuple[object, ModelContract, str]:
     """Open ``path`` on ``device`` and check it against the contract.
 
-    Returns ``(session, contract, provider)``, the provider being the one that really runs it.
+    ``cache_dir`` holds TensorRT engines (default: :func:`default_cache_dir`). Returns ``(session, contract, provider)``, the provider being the one that really runs it.
     Raises :class:`ModelError` (missing or not ONNX), :class:`ContractError` (naming the broken
     part) or :class:`ProviderError` (a forced device that cannot be used here).
     """
@@ -116,6 +146,7 @@ def create_session(
         choices = ", ".join(d.value for d in Device)
         raise ProviderError(f"--device must be one of {choices}, got {device!r}") from None
     _check_model_file(path)
+    engines = engine_folder(Path(cache_dir) if cache_dir else default_cache_dir(), path)
     available = set(ort.get_available_providers())
     if device is Device.AUTO:
         candidates = [d for d in AUTO_ORDER if PROVIDERS[d] in available or d is Device.CPU]
@@ -138,7 +169,7 @@ def create_session(
                 session = _load_on_cpu(path, threads)
             else:
                 try:
-                    session = _open(path, candidate, threads)
+                    session = _open(path, candidate, threads, engines)
                 except Exception as exc:
                     _load_on_cpu(path, threads)  # a bad file is a ModelError, not a provider one
                     failures.append(f"{PROVIDERS[candidate]}: {_first_line(exc)}")
@@ -148,6 +179,13 @@ def create_session(
                     continue
             contract = read_contract(session, path)
             provider = session.get_providers()[0]
+            if candidate is Device.TENSORRT and not any(engines.glob("*.engine")):
+                # The batch dimension is dynamic, so TensorRT builds the engine on the first run,
+                # the warm-up below: say so before the terminal goes quiet for minutes.
+                log.warning(
+                    "building the TensorRT engine for %s: the first start on this GPU takes "
+                    "minutes; later starts reuse it from %s", path.name, engines
+                )
             try:
                 Runner(session, contract, provider).run()  # warm-up: the provider really works
             except Exception as exc:

@@ -14,6 +14,11 @@ glitch, not average over seconds. Every default below is chosen so that:
 scores; for vote and hysteresis it applies to each prediction before it votes, so "no action" is a
 label like any other and is smoothed the same way.
 
+A score vector with a NaN or an infinity (a model that overflowed, a broken export) is ignored by
+every smoother: it never enters the average or the window, so one bad vector cannot hold the label
+for good (NaN wins every later argmax of an average it has entered), and the label shown before it
+stays until the next good prediction moves it.
+
 Smoothers are used by one thread (the presenter) and are not thread-safe.
 """
 
@@ -95,9 +100,25 @@ class Smoother(ABC):
         self.class_names = tuple(class_names)
         self.min_score = min_score
 
-    @abstractmethod
     def update(self, scores: np.ndarray) -> Label:
-        """Take the next prediction's probabilities (float [C]) and return the label to show."""
+        """Take the next prediction's probabilities (float [C]) and return the label to show.
+
+        A vector that is not all finite is ignored: the label stays what it was ("no action"
+        before any good prediction).
+        """
+        scores = self._check(scores)
+        if not np.isfinite(scores).all():
+            shown = self._shown_label()
+            return Label.no_action() if shown is None else shown
+        return self._update(scores)
+
+    @abstractmethod
+    def _update(self, scores: np.ndarray) -> Label:
+        """Take a finite score vector (a private copy) into the state; the label to show."""
+
+    @abstractmethod
+    def _shown_label(self) -> Label | None:
+        """The label the current state shows, without a new prediction; None before any."""
 
     @abstractmethod
     def reset(self) -> None:
@@ -130,10 +151,15 @@ class PassThrough(Smoother):
         super().__init__(class_names, min_score)
         self._last: np.ndarray | None = None
 
-    def update(self, scores: np.ndarray) -> Label:
-        self._last = scores = self._check(scores)
-        index = int(np.argmax(scores))
-        return self._gate(index, float(scores[index]))
+    def _update(self, scores: np.ndarray) -> Label:
+        self._last = scores
+        return self._shown_label()
+
+    def _shown_label(self) -> Label | None:
+        if self._last is None:
+            return None
+        index = int(np.argmax(self._last))
+        return self._gate(index, float(self._last[index]))
 
     def reset(self) -> None:
         self._last = None
@@ -160,12 +186,16 @@ class EmaSmoother(Smoother):
         self.alpha = alpha
         self._mean: np.ndarray | None = None
 
-    def update(self, scores: np.ndarray) -> Label:
-        scores = self._check(scores)
+    def _update(self, scores: np.ndarray) -> Label:
         if self._mean is None:
-            self._mean = scores.copy()
+            self._mean = scores
         else:
             self._mean += self.alpha * (scores - self._mean)
+        return self._shown_label()
+
+    def _shown_label(self) -> Label | None:
+        if self._mean is None:
+            return None
         index = int(np.argmax(self._mean))
         return self._gate(index, float(self._mean[index]))
 
@@ -188,7 +218,6 @@ class _WindowSmoother(Smoother):
         self._shown: int | None = None
 
     def _push(self, scores: np.ndarray) -> None:
-        scores = self._check(scores)
         index = int(np.argmax(scores))
         shown = scores[index] >= self.min_score - _SCORE_TOLERANCE
         self._labels.append(index if shown else -1)
@@ -242,11 +271,16 @@ class VoteSmoother(_WindowSmoother):
     ) -> None:
         super().__init__(class_names, window=window, min_score=min_score)
 
-    def update(self, scores: np.ndarray) -> Label:
+    def _update(self, scores: np.ndarray) -> Label:
         self._push(scores)
         winner = majority(self._labels)
         if winner is not None:
             self._shown = winner
+        return self._shown_label()
+
+    def _shown_label(self) -> Label | None:
+        if not self._labels:
+            return None
         # Before any majority there is nothing to keep; the newest label is the best guess.
         return self._label(self._labels[-1] if self._shown is None else self._shown)
 
@@ -266,14 +300,17 @@ class HysteresisSmoother(_WindowSmoother):
     ) -> None:
         super().__init__(class_names, window=window, min_score=min_score)
 
-    def update(self, scores: np.ndarray) -> Label:
+    def _update(self, scores: np.ndarray) -> Label:
         self._push(scores)
         newest = self._labels[-1]
         if self._shown is None or (
             len(self._labels) == self.window and all(label == newest for label in self._labels)
         ):
             self._shown = newest
-        return self._label(self._shown)
+        return self._shown_label()
+
+    def _shown_label(self) -> Label | None:
+        return None if self._shown is None else self._label(self._shown)
 
 
 def _check_options(

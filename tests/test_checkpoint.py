@@ -28,6 +28,8 @@ CFG = {"img_size": 32, "patch_size": 8, "num_frames": 4, "num_classes": 5, "embe
 PYTH_CFG = """\
 DATA:
   NUM_FRAMES: 4
+  SAMPLING_RATE: 8
+  TARGET_FPS: 30
   TRAIN_CROP_SIZE: 32
   TEST_CROP_SIZE: 32
   MEAN: [0.45, 0.45, 0.45]
@@ -73,6 +75,7 @@ def test_official_pyth_layout_loads_exactly(tmp_path):
     assert loaded.hparams["num_frames"] == 4
     assert loaded.hparams["attention_type"] == "divided_space_time"
     assert loaded.hparams["mean"] == [0.45, 0.45, 0.45]
+    assert (loaded.hparams["sampling_rate"], loaded.hparams["target_fps"]) == (8, 30)
 
 
 def test_plain_state_dicts_with_wrappers_load(tmp_path):

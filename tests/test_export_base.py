@@ -47,7 +47,7 @@ def test_official_base_pyth_exports_with_only_class_names_and_matches_torch(tmp_
     contract = load_contract(output)
     assert (contract.num_frames, contract.image_size, contract.num_classes) == (8, 224, 400)
     assert contract.class_names[0] == "action 0" and contract.class_names[-1] == "action 399"
-    assert contract.clip_seconds == pytest.approx(7 * 32 / 30)
+    assert contract.clip_seconds == pytest.approx(255 / 30)  # 8.5 s: decoder.py's linspace
 
     # Independently of the exporter's own check (noise at batch 1 and 2): the textbook
     # preprocessing of one structured BGR uint8 clip (moving gradients plus noise) into the

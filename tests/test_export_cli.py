@@ -37,9 +37,12 @@ def small_timesformer(seed: int = 0) -> TimeSformer:
     return model
 
 
-def save_pyth(model: TimeSformer, path):
-    torch.save({"epoch": 15, "model_state": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               path)
+def save_pyth(model: TimeSformer, path, cfg: str | None = None):
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    stored = {"epoch": 15, "model_state": state}
+    if cfg is not None:  # some official checkpoints store their yacs cfg as YAML
+        stored["cfg"] = cfg
+    torch.save(stored, path)
     return path
 
 
@@ -129,7 +132,6 @@ def test_pyth_without_names_gets_generic_names_reference_span_and_a_warning(pyth
     assert report.contract.class_names == tuple(f"class_{i}" for i in range(5))
     assert report.contract.num_frames == 6
     assert report.contract.clip_seconds == pytest.approx(reference_clip_seconds(6))
-    assert reference_clip_seconds(8) == pytest.approx(7 * 32 / 30)
     assert report.sources == {"class_names": "generic", "clip_seconds": "reference guess",
                               "normalization": "--mean/--std"}
     assert report.mean == (0.5,) * 3 and report.std == (0.225,) * 3
@@ -139,6 +141,29 @@ def test_pyth_without_names_gets_generic_names_reference_span_and_a_warning(pyth
     logged = caplog.text
     assert "stores no class names" in logged and "--class-names" in logged
     assert "does not say how much time a clip spans" in logged
+    assert "6 frames spread over 256 frames of 30 fps video, 8.5 s" in logged
+
+
+@pytest.mark.parametrize(
+    ("frames", "seconds"),
+    [(8, 255 / 30), (16, 255 / 30), (96, 383 / 30), (6, 255 / 30)],
+)
+def test_the_reference_span_is_linspace_over_its_sampling_window(frames, seconds):
+    """decoder.py: frames NUM_FRAMES * SAMPLING_RATE apart at TARGET_FPS, linspace from the
+    window's first frame to its last: 8x32 spans 255 frames of 30 fps video, 8.5 s (not 7.47)."""
+    assert reference_clip_seconds(frames) == pytest.approx(seconds)
+    assert reference_clip_seconds(8) == pytest.approx(8.5)
+    assert reference_clip_seconds(4, 8, 15) == pytest.approx(31 / 15)
+
+
+def test_a_pyth_config_gives_the_clip_span_without_a_guess(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    cfg = "DATA:\n  NUM_FRAMES: 4\n  SAMPLING_RATE: 8\n  TARGET_FPS: 15\n  TEST_CROP_SIZE: 32\n"
+    pyth = save_pyth(small_timesformer(), tmp_path / "cfg.pyth", cfg=cfg)
+    report = export_checkpoint(pyth, tmp_path / "m.onnx", timing_runs=1)
+    assert report.contract.clip_seconds == pytest.approx((4 * 8 - 1) / 15)
+    assert report.sources["clip_seconds"] == "checkpoint config"
+    assert "how much time a clip spans" not in caplog.text
 
 
 def test_flags_win_over_what_the_checkpoint_stored(tmp_path, caplog):

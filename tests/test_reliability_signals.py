@@ -33,7 +33,7 @@ EXIT_WITHIN_S = 5.0
 
 def summary_of(events: Path) -> dict:
     lines = [json.loads(line) for line in events.read_text().splitlines()]
-    assert all(line["type"] in ("prediction", "segment") for line in lines[:-1])
+    assert all(line["type"] in ("prediction", "segment", "source", "stats") for line in lines[:-1])
     assert lines[-1]["type"] == "summary"
     return lines[-1]
 
@@ -246,6 +246,6 @@ def test_after_sigkill_an_avi_recording_and_the_events_so_far_survive(tmp_path, 
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     lines = [json.loads(line) for line in events.read_text().splitlines()]
-    assert all(line["type"] in ("prediction", "segment") for line in lines)
+    assert all(line["type"] in ("prediction", "segment", "source", "stats") for line in lines)
     assert sum(line["type"] == "prediction" for line in lines) >= 90
     assert count_frames(record) >= 20  # 3 s streamed; the first second is held to measure the rate

@@ -258,3 +258,41 @@ def test_update_does_not_keep_the_callers_buffer():
     smoother.update(buffer)
     buffer[:] = 0
     assert smoother.scores[0] == pytest.approx(0.9)
+
+
+# --- non-finite scores ----------------------------------------------------------------------------
+
+NON_FINITE = {
+    "all NaN": np.full(3, np.nan, np.float32),
+    "one NaN": np.array([np.nan, 0.05, 0.05], np.float32),
+    "+inf": np.array([0.05, np.inf, 0.05], np.float32),
+    "-inf": np.array([0.5, 0.5, -np.inf], np.float32),
+}
+
+
+@pytest.mark.parametrize("bad", NON_FINITE.values(), ids=NON_FINITE.keys())
+@pytest.mark.parametrize("policy", list(SmoothingPolicy))
+def test_a_non_finite_vector_never_enters_the_state(policy, bad):
+    """The label stays as it was, and from then on the smoother behaves as if it never came
+    (one NaN used to hold the EMA's argmax on one class for good, and to cast a vote)."""
+    smoother, reference = make_smoother(policy, NAMES), make_smoother(policy, NAMES)
+    for scores in [confident(0)] * 3 + [confident(1)]:
+        shown = smoother.update(scores)
+        reference.update(scores)
+    for _ in range(3):  # more bad vectors in a row than vote's window needs to be swayed
+        assert smoother.update(bad) == shown
+    assert np.isfinite(smoother.scores).all()
+    assert np.array_equal(smoother.scores, reference.scores)
+    for scores in [confident(1)] * 4 + [confident(2)] * 4:
+        assert smoother.update(scores) == reference.update(scores)
+    assert smoother.update(confident(2)).name == "open"
+
+
+@pytest.mark.parametrize("policy", list(SmoothingPolicy))
+def test_the_label_recovers_on_the_next_good_prediction(policy):
+    smoother = make_smoother(policy, NAMES)
+    assert smoother.update(NON_FINITE["all NaN"]).name == NO_ACTION  # nothing to show yet
+    assert smoother.scores is None
+    assert smoother.update(confident(1)).name == "wash"
+    assert smoother.update(NON_FINITE["one NaN"]).name == "wash"
+    assert smoother.update(confident(1)).name == "wash"

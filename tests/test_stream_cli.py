@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +115,15 @@ def test_a_file_that_is_not_video(tmp_path, probe, capsys):
         ({"output_name": "probs"}, "no output named 'scores'"),
         ({"class_names": None, "num_classes": 3}, "class_names' is missing"),
         ({"class_names": ("a", "b"), "num_classes": 3}, "has 2 names but output"),
+        # Nonsense numbers: NaN used to reach math.ceil in the ring sizing as a traceback.
+        ({"metadata": {"clip_seconds": "nan"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"clip_seconds": "inf"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"clip_seconds": "0"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"clip_seconds": "-1"}}, "clip_seconds must be a finite number"),
+        ({"metadata": {"num_frames": "0"}, "input_shape": ["b", "t", 16, 16, 3]}, "at least 1"),
+        ({"metadata": {"image_size": "-16"}, "input_shape": ["b", 4, "s", "s", 3]}, "at least 1"),
+        ({"metadata": {"num_frames": "6"}}, "num_frames=6 contradicts input 'frames'"),
+        ({"metadata": {"image_size": "224"}}, "image_size=224 contradicts input 'frames'"),
     ],
 )
 def test_contract_breaks_give_one_line(tmp_path, make_video, capsys, kwargs, needle):
@@ -171,8 +181,39 @@ def test_without_model_the_demo_model_is_used(tmp_path, make_video, monkeypatch,
     assert "using the demo model" in capsys.readouterr().out
 
 
-def test_the_demo_model_path_is_at_the_repository_root():
-    assert cli.DEMO_MODEL == ROOT / "models" / "demo.onnx"
+def test_the_demo_model_is_package_data():
+    assert cli.DEMO_MODEL == ROOT / "stream" / "models" / "demo.onnx"
+    assert cli.DEMO_MODEL.is_file()
+
+
+def test_an_installed_package_ships_and_uses_the_demo_model(tmp_path, make_video):
+    """`pip install .` then `epic-stream --source x.mp4`, no --model, far from any checkout."""
+    source = tmp_path / "src"  # what pip builds from: the package, not the checkout's extras
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "stream", source / "stream", ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+    pip += ["--no-build-isolation", "--target", str(target), str(source)]
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    installed = target / "stream" / "models" / "demo.onnx"
+    assert installed.read_bytes() == cli.DEMO_MODEL.read_bytes()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    video = make_video(frames=20)
+    events = elsewhere / "events.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    command = [sys.executable, "-m", "stream", "--source", str(video), "--no-display"]
+    command += ["--events", str(events)]
+    run = subprocess.run(
+        command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"using the demo model {installed.resolve()}" in run.stdout
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert lines[-1]["type"] == "summary" and len(lines) > 1
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

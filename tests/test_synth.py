@@ -37,7 +37,7 @@ def object_mask(frame: np.ndarray) -> np.ndarray:
 
 def test_layout_a_files_and_columns(dataset):
     names = json.loads((dataset / "class_names.json").read_text())
-    assert names == {name: i for i, name in enumerate(synth.ACTIONS)}
+    assert names == {name: i for i, name in enumerate(synth.CLASSES)}
     meta = json.loads((dataset / "synth.json").read_text())
     assert meta["fps"] == synth.DEFAULT_FPS
     assert f"--data.fps {synth.DEFAULT_FPS:g}" in (dataset / "README.txt").read_text()
@@ -87,7 +87,8 @@ def test_videos_hold_several_segments_with_idle_frames_between(dataset):
 
 
 def test_frames_move_as_labelled(dataset):
-    """Within a segment the object slides sideways, or grows, or shrinks, as its label says."""
+    """Within a segment the object slides sideways, or grows, or shrinks, or stands still (or
+    there is none), as its label says."""
     _, rows = read_rows(dataset / "train_action_classes.csv")
     _, val = read_rows(dataset / "val_action_classes.csv")
     for split, row in [("train", r) for r in rows] + [("val", r) for r in val]:
@@ -98,9 +99,16 @@ def test_frames_move_as_labelled(dataset):
             object_mask(cv2.imread(str(folder / f"frame_{i:010d}.jpg")))
             for i in (middle - 4, middle + 4)
         ]
+        action = row["action_class"].strip()
+        if action == synth.IDLE:
+            # Nothing moves: at most one cut from one still scene to another.
+            frames = [cv2.imread(str(folder / f"frame_{i:010d}.jpg"))
+                      for i in range(int(row["start_frame"]), int(row["stop_frame"]) + 1)]
+            changes = sum(not np.array_equal(a, b) for a, b in itertools.pairwise(frames))
+            assert changes <= 1, row
+            continue
         areas = [m.sum() for m in masks]
         centres = [np.nonzero(m)[1].mean() for m in masks]
-        action = row["action_class"].strip()
         shift = (centres[1] - centres[0]) / 48
         growth = areas[1] / areas[0]
         if action == "slide":
@@ -128,15 +136,16 @@ def _instances(seed: int, count: int, view: str) -> tuple[np.ndarray, np.ndarray
     * "any frame": one frame from anywhere in the action;
     * "first of clip": the first frame of a 1 s clip placed at random in the action, the way
       training samples clips;
-    * "two frames": the first and last frames of such a clip (and their difference).
+    * "two frames": the first and last frames of such a clip (and their difference, signed and
+      absolute).
     """
     rng = np.random.default_rng(seed)
     span = round(synth.CLIP_SECONDS * synth.DEFAULT_FPS)
     feats, labels = [], []
     for _ in range(count):
-        label = int(rng.integers(len(synth.ACTIONS)))
+        label = int(rng.integers(len(synth.CLASSES)))
         frames = int(rng.uniform(1.3, 2.5) * synth.DEFAULT_FPS)
-        inst = synth.draw_instance(rng, synth.ACTIONS[label], frames, synth.DEFAULT_FPS)
+        inst = synth.draw_instance(rng, synth.CLASSES[label], frames, synth.DEFAULT_FPS)
         family = str(rng.choice(synth.SEEN_TEXTURES))
         bg = synth.coloured_texture(rng, family, 32, 32, synth.BACKGROUND_LUMA)
         if view == "any frame":
@@ -146,7 +155,9 @@ def _instances(seed: int, count: int, view: str) -> tuple[np.ndarray, np.ndarray
             feat = _frame_features(synth.composite(bg, inst, first))
             if view == "two frames":
                 last = _frame_features(synth.composite(bg, inst, first + span))
-                feat = np.concatenate([feat, last, last - feat])
+                # The size of the change as well: idle and slide both keep the object's area,
+                # and only how far it moved (either way) tells them apart.
+                feat = np.concatenate([feat, last, last - feat, np.abs(last - feat)])
         feats.append(feat)
         labels.append(label)
     return np.stack(feats), np.array(labels)
@@ -169,15 +180,17 @@ def _logistic_regression(x, y, x_test, classes: int, steps: int = 1500) -> np.nd
     return (x_test @ w + b).argmax(1)
 
 
-# Accuracy bounds on 600 test items (chance 1/3, standard error about 0.02).
+# Accuracy bounds on 600 test items (chance 1/4, standard error about 0.02).
 @pytest.mark.parametrize(
     ("view", "low", "high"),
-    [("any frame", 0.0, 0.40), ("first of clip", 0.0, 0.55), ("two frames", 0.8, 1.0)],
+    [("any frame", 0.0, 0.33), ("first of clip", 0.0, 0.50), ("two frames", 0.8, 1.0)],
 )
 def test_one_frame_cannot_tell_the_classes_apart(view, low, high):
     """A classifier on one frame's object position, size and coarse look.
 
-    Any frame of an action: chance. The first frame of a clip: somewhat above chance, and
+    Idle instances here always show a (still) object: an empty scene is idle at one glance, by
+    design (a quarter of the training idle instances, see synth.EMPTY_IDLE_SHARE), and is not what
+    this test is about. Any frame of an action or of a still object: chance. The first frame of a clip: somewhat above chance, and
     necessarily so: an approaching object is, on average, smaller at the start of a clip than
     at its end (docs/demo-model.md explains why any task a model learns this fast has such a
     cue). That is far from the 0.9 the demo model reaches, which needs the change. Two frames
@@ -185,7 +198,7 @@ def test_one_frame_cannot_tell_the_classes_apart(view, low, high):
     """
     x, y = _instances(seed=1, count=900, view=view)
     x_test, y_test = _instances(seed=2, count=600, view=view)
-    accuracy = (_logistic_regression(x, y, x_test, len(synth.ACTIONS)) == y_test).mean()
+    accuracy = (_logistic_regression(x, y, x_test, len(synth.CLASSES)) == y_test).mean()
     assert low <= accuracy <= high, accuracy
 
 
@@ -266,11 +279,11 @@ def test_data_module_reads_the_dataset(dataset):
         str(dataset), num_frames=8, image_size=48, clip_seconds=synth.CLIP_SECONDS,
         fps=synth.DEFAULT_FPS, batch_size=4, num_workers=0,
     )
-    assert data.class_names == list(synth.ACTIONS)
+    assert data.class_names == list(synth.CLASSES)
     data.setup("fit")
     assert len(data.train_dataloader().dataset) == 3 * 4
     frames, labels = next(iter(data.val_dataloader()))
     assert frames.shape == (4, 8, 48, 48, 3) and frames.dtype == torch.uint8
     _, rows = read_rows(dataset / "val_action_classes.csv")
-    expected = [synth.ACTIONS.index(r["action_class"].strip()) for r in rows[:4]]
+    expected = [synth.CLASSES.index(r["action_class"].strip()) for r in rows[:4]]
     assert labels.tolist() == expected

@@ -87,3 +87,21 @@ def test_a_failed_export_says_why_and_leaves_no_stale_model(tmp_path, caplog):
     assert path is None and "broken.ckpt" in why
     assert "model.onnx not written" in caplog.text
     assert not output.exists()
+
+
+def test_an_export_py_in_the_working_folder_cannot_replace_ours(tmp_path, monkeypatch):
+    """`python -m export` would run ./export.py: the user's file, not the project's export."""
+    monkeypatch.chdir(tmp_path)
+    hijacked = tmp_path / "hijacked"
+    (tmp_path / "export.py").write_text(
+        f"import pathlib\npathlib.Path({str(hijacked)!r}).write_text('ran')\n"
+    )
+    (tmp_path / "export").mkdir()  # nor may a package of that name
+    (tmp_path / "export" / "__main__.py").write_text((tmp_path / "export.py").read_text())
+    broken = tmp_path / "broken.ckpt"
+    broken.write_text("not a checkpoint")
+    path, why = RunArtifacts()._export(str(broken), tmp_path / "model.onnx")
+    assert not hijacked.exists()
+    # Our export ran: it read the checkpoint and said what is wrong with it.
+    assert path is None and "cannot be read as a PyTorch checkpoint" in why
+

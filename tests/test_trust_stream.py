@@ -251,7 +251,7 @@ def test_a_second_ctrl_c_while_finalizing_exits_at_once(tmp_path, mjpeg_server):
     reader.start()
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (not events.exists() or events.read_text().count("\n") < 5):
+        while time.monotonic() < deadline and (not events.exists() or events.read_text().count('"prediction"') < 5):
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         while time.monotonic() < deadline and not any("finalizing" in line for line in lines):
@@ -270,4 +270,4 @@ def test_a_second_ctrl_c_while_finalizing_exits_at_once(tmp_path, mjpeg_server):
     assert any("again while finalizing" in line for line in lines)
     kept = read_events(events)
     assert sum(line["type"] == "prediction" for line in kept) >= 5
-    assert all(line["type"] in ("prediction", "segment") for line in kept)
+    assert all(line["type"] in ("prediction", "segment", "source") for line in kept)

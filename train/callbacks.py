@@ -6,8 +6,8 @@ At the end of fit (global rank 0 only) the run folder (``trainer.default_root_di
   the best and last checkpoint paths, class_names, the per-epoch history, the ONNX path;
 * ``curves.png``: loss and accuracy per epoch, train and val;
 * ``confusion.png``: the validation confusion matrix of the best epoch;
-* ``model.onnx``: the best checkpoint exported by ``python -m export`` in a subprocess (train/
-  must not import export/, which imports train/).
+* ``model.onnx``: the best checkpoint exported by export's CLI in a subprocess (train/ must not
+  import export/, which imports train/), started so that the working folder is not on its path.
 
 The history lives in the callback, not in a logger's files, and is saved in every checkpoint, so a
 run resumed with ``--ckpt_path last`` reports all its epochs, and it works with no logger at all.
@@ -19,7 +19,6 @@ import csv
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 import time
@@ -42,6 +41,15 @@ ONNX_FILE = "model.onnx"
 # The repository (or site-packages) holding this train/: the export subprocess must import the
 # export/ that sits next to it, whatever the working directory.
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# What the export subprocess runs instead of `python -m export`: -m puts the working folder first
+# on sys.path, so a user's own export.py there would run in place of ours. -c puts it there as ""
+# (none under PYTHONSAFEPATH); this drops it and puts our root first. `python -P` does the same,
+# but only from Python 3.11.
+_EXPORT_MAIN = (
+    "import sys; root = sys.argv.pop(1); "
+    "sys.path[:] = [root, *(p for p in sys.path if p not in ('', root))]; "
+    "from export.__main__ import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _number(value: Any) -> float | None:
@@ -183,15 +191,11 @@ class RunArtifacts(Callback):
         """Run the export CLI on ``checkpoint``; on failure say why and carry on (fit succeeded)."""
         # An earlier run's model must not pass for this one's if this export fails.
         output.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "export", "--checkpoint", str(checkpoint),
-                   "--output", str(output)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p
-        )
+        arguments = ["--checkpoint", str(checkpoint), "--output", str(output)]
+        command = [sys.executable, "-c", _EXPORT_MAIN, str(_PACKAGE_ROOT), *arguments]
         log.info("exporting %s -> %s", checkpoint, output)
         try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True,
+            done = subprocess.run(command, capture_output=True, text=True,
                                   timeout=self.export_timeout, check=False)
         except subprocess.TimeoutExpired:
             why = f"the export took longer than {self.export_timeout:.0f} s"
@@ -203,7 +207,7 @@ class RunArtifacts(Callback):
             if done.returncode == 0:
                 why = f"the export exited 0 but wrote no {output.name}"
         log.error("model.onnx not written: %s. The checkpoints are fine; export by hand with: %s",
-                  why, " ".join(command))
+                  why, " ".join(["epic-export", *arguments]))
         return None, why
 
 

@@ -140,6 +140,9 @@ def _pyth_hparams(cfg: Any) -> dict[str, Any]:
         "image_size": data.get("TEST_CROP_SIZE") or data.get("TRAIN_CROP_SIZE"),
         "mean": data.get("MEAN"),
         "std": data.get("STD"),
+        # How the reference sampled a clip (export turns them into clip_seconds).
+        "sampling_rate": data.get("SAMPLING_RATE"),
+        "target_fps": data.get("TARGET_FPS"),
         "attention_type": tsf.get("ATTENTION_TYPE"),
         "num_classes": model.get("NUM_CLASSES"),
     }

@@ -4,7 +4,11 @@ No dataset can be downloaded where this project is built and tested, so the demo
 task drawn here. Its classes are motions of a textured object over a textured background:
 
 * ``slide``: the object slides sideways (to the left or to the right);
-* ``approach`` / ``recede``: the object grows or shrinks, as if it came closer or went away.
+* ``approach`` / ``recede``: the object grows or shrinks, as if it came closer or went away;
+* ``idle``: nothing moves: the object stands still, or the background is empty, or one still
+  scene cuts to another (an object replaced by another, or appearing, or gone). The demo video's
+  stretches between actions look like this, so the model can say that nothing happens instead
+  of naming an action.
 
 A single frame cannot tell these apart. Every property a frame shows is drawn independently of
 the class from the same distribution: the background, the object's shape, texture, colours and
@@ -42,6 +46,18 @@ import numpy as np
 from stream.errors import EpicError, OptionError, OutputError
 
 ACTIONS: tuple[str, ...] = ("slide", "approach", "recede")
+IDLE = "idle"
+# The model's classes: the actions, and "nothing happens". Idle is a class rather than a score
+# threshold because a still scene is as certain an answer as a motion; a threshold on an
+# action model's confidence only says "unsure", and the demo's idle stretches are not unsure.
+CLASSES: tuple[str, ...] = (*ACTIONS, IDLE)
+# The share of training idle instances with no object at all: the demo video ends on the empty
+# background, which a model that only ever saw an object would have to guess about.
+EMPTY_IDLE_SHARE = 0.25
+# The share in which one still object gives way to another (or to none, or appears from none) at
+# a random frame: between a video's actions, the next object takes the last one's place with no
+# motion, and a clip that spans that cut shows nothing happen but the cut.
+CUT_IDLE_SHARE = 0.35
 
 # Texture families. Training and validation videos use the first set; the demo video's background
 # uses the second, which no training video has, so the demo shows the model generalising past the
@@ -50,9 +66,10 @@ SEEN_TEXTURES: tuple[str, ...] = ("noise", "stripes", "checker", "dots")
 UNSEEN_TEXTURES: tuple[str, ...] = ("cells", "rings", "plaid")
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "diamond", "hexagon", "star")
 
-# Motion, in units of the frame's short side and per second of video. Over a clip of
-# CLIP_SECONDS a sliding object travels 0.35-0.6 of the frame and a zooming one changes its size
-# by a factor 1.4-2.3: a few pixels per sampled frame at 64 pixels, less than a 16-pixel patch.
+# Motion, in units of the frame's short side and per second of video. Each second a sliding
+# object travels 0.35-0.6 of the frame and a zooming one changes its size by a factor 1.4-2.3;
+# over a clip of CLIP_SECONDS, half that: a pixel or two per frame at 64 pixels, less than a
+# 16-pixel patch.
 SPEED_RANGE = (0.35, 0.60)  # short sides per second, sideways
 ZOOM_RANGE = (math.log(1.4), math.log(2.3))  # log size change per second
 # A long action slows down to stay in view: at most this far, or this much bigger or smaller.
@@ -60,7 +77,7 @@ MAX_TRAVEL = 1.3  # short sides
 MAX_SWING = math.log(9.0)
 DEMO_RADII = (0.14, 0.5)  # a demo object's radius at the start and end of approach / recede
 RADIUS_RANGE = (0.16, 0.34)  # object radius, short sides, log-uniform (middle of its instance)
-CLIP_SECONDS = 1.0
+CLIP_SECONDS = 0.5  # configs/demo.yaml's clip_seconds
 # The object is always brighter than the background (luma ranges that do not overlap), as a
 # lit object in front of a duller scene. It says where the object is in every frame, for every
 # class alike, so it gives nothing away about the action; but it makes "where is the object" a
@@ -223,7 +240,8 @@ def draw_instance(
     centre: tuple[float, float] | None = None,
     radius: float | None = None,
 ) -> Instance:
-    """Draw an object performing ``action`` for ``frames`` frames in a frame ``aspect`` (w/h) wide.
+    """Draw an object performing ``action`` (a class, idle included: it stands still) for
+    ``frames`` frames in a frame ``aspect`` (w/h) wide.
 
     Every single-frame property has a distribution that does not depend on ``action``: the
     sideways offset of a still-centred (zooming) object is drawn from the same uniform spread a
@@ -232,8 +250,8 @@ def draw_instance(
     :func:`stream.preprocess.resize_and_crop` keeps. ``centre`` (x, y in short sides) and
     ``radius`` (at the middle of the action) pin those draws, for a demo that must stay in view.
     """
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}; choose one of {ACTIONS}")
+    if action not in CLASSES:
+        raise ValueError(f"unknown action {action!r}; choose one of {CLASSES}")
     steps = max(1, frames - 1)
     speed = min(rng.uniform(*SPEED_RANGE) / fps, MAX_TRAVEL / steps)
     zoom_rate = min(rng.uniform(*ZOOM_RANGE) / fps, MAX_SWING / steps)
@@ -250,6 +268,10 @@ def draw_instance(
     if action == "slide":
         velocity = speed if rng.uniform() < 0.5 else -speed
         log_r += swing * rng.uniform(-0.5, 0.5)
+    elif action == IDLE:
+        # Standing still where and as big as a moving object could be at any of its frames.
+        log_r += swing * rng.uniform(-0.5, 0.5)
+        cx += travel * rng.uniform(-0.5, 0.5)
     else:
         zoom = zoom_rate if action == "approach" else -zoom_rate
         cx += travel * rng.uniform(-0.5, 0.5)
@@ -326,6 +348,8 @@ def render_frames(
             actions.append(None)
         elif centred:
             actions.append(_objects_in_view(rng, step.action, step.frames, fps, aspect, families))
+        elif step.action == IDLE:
+            actions.append(_still_objects(rng, step.frames, fps, aspect, families))
         else:
             actions.append([(0, draw_instance(rng, step.action, step.frames, fps, aspect, families))])
 
@@ -345,6 +369,26 @@ def render_frames(
             continue
         for i in range(step.frames):
             yield frame_of(objects, i)
+
+
+def _still_objects(
+    rng: np.random.Generator, frames: int, fps: float, aspect: float, families: Sequence[str]
+) -> list[tuple[int, Instance]]:
+    """(first frame, object) pairs for a labelled idle instance: one still object, none, or a cut
+    from one still scene to another (object to object, object to none, none to object)."""
+    draw = rng.uniform()
+    if draw < EMPTY_IDLE_SHARE:
+        return []  # an empty scene: the background alone
+    if draw >= EMPTY_IDLE_SHARE + CUT_IDLE_SHARE or frames < 4:
+        return [(0, draw_instance(rng, IDLE, frames, fps, aspect, families))]
+    cut = int(rng.integers(2, frames - 1))
+    before, after = rng.uniform() < 0.8, rng.uniform() < 0.8  # mostly object to object
+    objects = []
+    if before or not after:
+        objects.append((0, draw_instance(rng, IDLE, cut, fps, aspect, families)))
+    if after:
+        objects.append((cut, draw_instance(rng, IDLE, frames - cut, fps, aspect, families)))
+    return objects
 
 
 def _objects_in_view(
@@ -407,7 +451,8 @@ def plan_video(
     action_seconds: tuple[float, float] = (1.3, 2.5),
     idle_seconds: tuple[float, float] = (0.3, 0.8),
 ) -> list[Step]:
-    """A random plan: idle, then ``segments`` actions of random classes, each followed by idle.
+    """A random plan: idle, then ``segments`` actions of random classes (idle among them, as a
+    labelled instance of its own), each followed by an unlabelled idle gap.
 
     One object per action: a clip never shows one object vanish and another appear in its
     place, a jump that would hide the motion (and the validation clip, centred in the action,
@@ -415,7 +460,7 @@ def plan_video(
     """
     plan = [Step(None, _seconds_to_frames(rng, idle_seconds, fps))]
     for _ in range(segments):
-        plan.append(Step(str(rng.choice(ACTIONS)), _seconds_to_frames(rng, action_seconds, fps)))
+        plan.append(Step(str(rng.choice(CLASSES)), _seconds_to_frames(rng, action_seconds, fps)))
         plan.append(Step(None, _seconds_to_frames(rng, idle_seconds, fps)))
     return plan
 
@@ -473,7 +518,7 @@ def _row(split: str, number: int, pid: str, vid: str, span: ActionSpan, fps: flo
         "participant_id": pid, "video_id": vid, "narration": f"{span.action} {noun}",
         "start_timestamp": timestamp(start_s), "stop_timestamp": timestamp(stop_s),
         "start_frame": span.start_frame, "stop_frame": span.stop_frame,
-        "verb": verb, "verb_class": ACTIONS.index(span.action), "noun": noun, "noun_class": 0,
+        "verb": verb, "verb_class": CLASSES.index(span.action), "noun": noun, "noun_class": 0,
         "all_nouns": f"['{noun}']", "all_noun_classes": "[0]", "action_class": name,
     }
     if split == "train":
@@ -537,11 +582,11 @@ def generate_dataset(
                         writer.writerow(_row(split, number, pid, vid, span, fps, names))
                         number += 1
     (root / "class_names.json").write_text(
-        json.dumps({name: i for i, name in enumerate(ACTIONS)}, indent=2) + "\n"
+        json.dumps({name: i for i, name in enumerate(CLASSES)}, indent=2) + "\n"
     )
     meta = {
         "generator": "train.synth", "seed": seed, "fps": fps, "width": width, "height": height,
-        "videos": splits, "segments_per_video": segments, "classes": list(ACTIONS),
+        "videos": splits, "segments_per_video": segments, "classes": list(CLASSES),
         "textures": list(SEEN_TEXTURES),
     }
     (root / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
@@ -549,7 +594,7 @@ def generate_dataset(
         f"Synthetic actions written by `epic-train synth` (train/synth.py), seed {seed}.\n"
         f"Layout A of EPIC-KITCHENS. Frames are {width}x{height} at {fps:g} fps:\n"
         f"train with --data.fps {fps:g} so that clip_seconds means the same time here.\n"
-        f"Classes: {', '.join(ACTIONS)}. No single frame tells them apart; see docs/demo-model.md.\n"
+        f"Classes: {', '.join(CLASSES)}. No single frame tells them apart; see docs/demo-model.md.\n"
     )
     return root
 
