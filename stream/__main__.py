@@ -29,7 +29,10 @@ from stream.scheduler import DEFAULT_BATCH_WAIT_MS
 from stream.smoothing import (
     DEFAULT_ALPHA,
     DEFAULT_HYSTERESIS_WINDOW,
+    DEFAULT_HYSTERESIS_WINDOW_S,
+    DEFAULT_TAU_S,
     DEFAULT_WINDOW,
+    DEFAULT_WINDOW_S,
     MIN_SCORE_MARGIN,
     SmoothingPolicy,
 )
@@ -114,13 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
         "hysteresis: change only when the last --window labels agree; none (default: ema)",
     )
     smoothing.add_argument(
+        "--tau", type=float, metavar="SECONDS", dest="tau_s",
+        help=f"ema: time constant in seconds of video; each prediction weighs 1 - exp(-dt/tau), "
+        f"so the label behaves alike at any prediction rate (default {DEFAULT_TAU_S:g})",
+    )  # fmt: skip
+    smoothing.add_argument(
         "--alpha", type=float,
-        help=f"ema: weight of the newest prediction, in (0, 1] (default {DEFAULT_ALPHA})",
+        help="ema: a fixed weight of the newest prediction, in (0, 1], instead of --tau (counts "
+        f"predictions; {DEFAULT_ALPHA} at 4 predictions/s is the default --tau's feel)",
+    )  # fmt: skip
+    smoothing.add_argument(
+        "--window-s", type=float, metavar="SECONDS", dest="window_s",
+        help=f"vote and hysteresis: the window in seconds of video (default {DEFAULT_WINDOW_S:g} "
+        f"for vote, {DEFAULT_HYSTERESIS_WINDOW_S:g} for hysteresis)",
     )  # fmt: skip
     smoothing.add_argument(
         "--window", type=int,
-        help=f"vote and hysteresis: how many predictions (default {DEFAULT_WINDOW} for vote, "
-        f"{DEFAULT_HYSTERESIS_WINDOW} for hysteresis)",
+        help=f"vote and hysteresis: the window in predictions instead of seconds (e.g. "
+        f"{DEFAULT_WINDOW} for vote, {DEFAULT_HYSTERESIS_WINDOW} for hysteresis: the defaults' "
+        "feel at 4 predictions/s)",
     )  # fmt: skip
     smoothing.add_argument(
         "--min-score",
@@ -323,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             realtime=args.realtime,
             smoothing=SmoothingPolicy(args.smoothing),
             alpha=args.alpha,
+            tau_s=args.tau_s,
+            window_s=args.window_s,
             window=args.window,
             min_score=args.min_score,
             every=args.every,

@@ -299,7 +299,7 @@ class StreamChannel:
         """Smooth a prediction (unless it is warm-up or broken) and hand it to every sink."""
         valid = prediction.valid
         if valid and not prediction.warmup:
-            self.smoothed = self.smoother.update(prediction.scores)
+            self.smoothed = self.smoother.update(prediction.scores, prediction.time_s)
         raw = top_label(prediction.scores, self.contract.class_names) if valid else Label.no_action(math.nan)
         shown = self.smoothed or Label.no_action()
         for sink in self.sinks:

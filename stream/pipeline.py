@@ -92,6 +92,8 @@ class StreamOptions:
     smoothing: SmoothingPolicy = SmoothingPolicy.EMA
     alpha: float | None = None
     window: int | None = None
+    tau_s: float | None = None  # ema: time constant in seconds (the default: 0.5)
+    window_s: float | None = None  # vote/hysteresis: window in seconds (defaults 1.25 / 0.75)
     min_score: float | None = None
     every: int | None = None
     top_k: int = DEFAULT_TOP_K
@@ -150,7 +152,8 @@ class StreamOptions:
             check_serve_options(self.serve, self.serve_token, self.serve_fps)
         # The smoother checks its own options; two placeholder classes are enough for that.
         make_smoother(
-            self.smoothing, ("a", "b"), alpha=self.alpha, window=self.window, min_score=self.min_score
+            self.smoothing, ("a", "b"), alpha=self.alpha, window=self.window, min_score=self.min_score,
+            tau_s=self.tau_s, window_s=self.window_s,
         )
 
 
@@ -321,6 +324,7 @@ class StreamPipeline:
             smoother = make_smoother(
                 opts.smoothing, contract.class_names,
                 alpha=opts.alpha, window=opts.window, min_score=opts.min_score,
+                tau_s=opts.tau_s, window_s=opts.window_s,
             )  # fmt: skip
             channel = StreamChannel(
                 named.name, source, contract, plan,

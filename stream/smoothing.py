@@ -24,6 +24,7 @@ Smoothers are used by one thread (the presenter) and are not thread-safe.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
@@ -36,9 +37,22 @@ from stream.prediction import Label
 
 # Scores arrive as float32: 0.7f is 0.69999999, which must count as reaching --min-score 0.7.
 _SCORE_TOLERANCE = 1e-6
+_TIME_TOLERANCE_S = 1e-6
+
+DEFAULT_TAU_S = 0.5
+"""EMA time constant, in seconds of source time: each prediction weighs ``1 - exp(-dt / tau)``,
+``dt`` being the source time since the previous one. At 4 predictions a second that is 0.39, today's
+feel of ``--alpha 0.4``; at 30 a second each weighs less and at 2 more, so the label follows a
+confident new action after the same 0.35-0.5 s of video whatever the rate."""
+
+DEFAULT_WINDOW_S = 1.25
+"""Vote window in seconds: 5 predictions at 4 a second."""
+
+DEFAULT_HYSTERESIS_WINDOW_S = 0.75
+"""Hysteresis window in seconds: 3 predictions at 4 a second."""
 
 DEFAULT_ALPHA = 0.4
-"""EMA weight of the newest prediction.
+"""EMA weight of the newest prediction with ``--alpha`` (counts instead of seconds).
 
 Below 0.5, one contradicting prediction cannot outweigh a confident history (0.9 vs 0.05 becomes
 0.56 vs 0.39), while two in a row switch the label (0.36 vs 0.59): 0.5 s at 4 predictions/s.
@@ -53,6 +67,8 @@ DEFAULT_HYSTERESIS_WINDOW = 3
 """Hysteresis window: the label changes after 3 agreeing predictions, the same 0.75 s as vote.
 Hysteresis needs all of its window to agree, so it uses a shorter window than vote to respond as
 fast."""
+
+NOMINAL_INTERVAL_S = 0.25  # predictions without a time count as 4 a second
 
 MIN_SCORE_MARGIN = 0.05
 """Default ``min_score`` is this fraction of the way from chance (1/C) to certainty (1)."""
@@ -99,22 +115,31 @@ class Smoother(ABC):
             raise ValueError("a smoother needs at least one class name")
         self.class_names = tuple(class_names)
         self.min_score = min_score
+        self._last_time_s: float | None = None
 
-    def update(self, scores: np.ndarray) -> Label:
+    def update(self, scores: np.ndarray, time_s: float | None = None) -> Label:
         """Take the next prediction's probabilities (float [C]) and return the label to show.
 
-        A vector that is not all finite is ignored: the label stays what it was ("no action"
-        before any good prediction).
+        ``time_s`` is the prediction's source time; smoothers whose window is in seconds need it
+        (without it, predictions count as 1/4 s apart). A vector that is not all finite is
+        ignored: the label stays what it was ("no action" before any good prediction).
         """
         scores = self._check(scores)
         if not np.isfinite(scores).all():
             shown = self._shown_label()
             return Label.no_action() if shown is None else shown
-        return self._update(scores)
+        if time_s is None or not np.isfinite(time_s):
+            time_s = (self._last_time_s or 0.0) + NOMINAL_INTERVAL_S
+        elif self._last_time_s is not None and time_s < self._last_time_s:
+            time_s = self._last_time_s  # source time never goes back; be safe if it did
+        dt = None if self._last_time_s is None else time_s - self._last_time_s
+        self._last_time_s = time_s
+        return self._update(scores, time_s, dt)
 
     @abstractmethod
-    def _update(self, scores: np.ndarray) -> Label:
-        """Take a finite score vector (a private copy) into the state; the label to show."""
+    def _update(self, scores: np.ndarray, time_s: float, dt: float | None) -> Label:
+        """Take a finite score vector (a private copy) at ``time_s`` (``dt`` after the previous
+        one; None for the first) into the state; the label to show."""
 
     @abstractmethod
     def _shown_label(self) -> Label | None:
@@ -151,7 +176,7 @@ class PassThrough(Smoother):
         super().__init__(class_names, min_score)
         self._last: np.ndarray | None = None
 
-    def _update(self, scores: np.ndarray) -> Label:
+    def _update(self, scores: np.ndarray, time_s: float, dt: float | None) -> Label:
         self._last = scores
         return self._shown_label()
 
@@ -163,6 +188,7 @@ class PassThrough(Smoother):
 
     def reset(self) -> None:
         self._last = None
+        self._last_time_s = None
 
     @property
     def scores(self) -> np.ndarray | None:
@@ -172,25 +198,38 @@ class PassThrough(Smoother):
 class EmaSmoother(Smoother):
     """Exponential moving average of the score vectors; the label is its argmax.
 
-    The first prediction initialises the average, so the first label is not biased towards zero.
+    With ``tau`` (seconds, the default) each prediction's weight follows from the source time since
+    the previous one, ``1 - exp(-dt / tau)``, so the smoothing lasts the same time at any rate;
+    with ``alpha`` every prediction weighs ``alpha``. The first prediction initialises the average,
+    so the first label is not biased towards zero.
     """
 
     def __init__(
         self,
         class_names: Sequence[str],
         *,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: float | None = None,
+        tau_s: float | None = None,
         min_score: float = 0.0,
     ) -> None:
         super().__init__(class_names, min_score)
+        if alpha is not None and tau_s is not None:
+            raise ValueError("give alpha or tau_s, not both")
         self.alpha = alpha
+        self.tau_s = DEFAULT_TAU_S if alpha is None and tau_s is None else tau_s
         self._mean: np.ndarray | None = None
 
-    def _update(self, scores: np.ndarray) -> Label:
+    def weight(self, dt: float | None) -> float:
+        """The newest prediction's weight, ``dt`` seconds after the previous one."""
+        if self.alpha is not None:
+            return self.alpha
+        return 1.0 - math.exp(-max(0.0, NOMINAL_INTERVAL_S if dt is None else dt) / self.tau_s)
+
+    def _update(self, scores: np.ndarray, time_s: float, dt: float | None) -> Label:
         if self._mean is None:
             self._mean = scores
         else:
-            self._mean += self.alpha * (scores - self._mean)
+            self._mean += self.weight(dt) * (scores - self._mean)
         return self._shown_label()
 
     def _shown_label(self) -> Label | None:
@@ -201,6 +240,7 @@ class EmaSmoother(Smoother):
 
     def reset(self) -> None:
         self._mean = None
+        self._last_time_s = None
 
     @property
     def scores(self) -> np.ndarray | None:
@@ -208,20 +248,51 @@ class EmaSmoother(Smoother):
 
 
 class _WindowSmoother(Smoother):
-    """Keeps the last ``window`` gated top-1 labels and their score vectors."""
+    """Keeps the gated top-1 labels and score vectors of the last ``window`` predictions, or of
+    the last ``window_s`` seconds of source time (a prediction is in the window while its time is
+    within ``window_s`` of the newest)."""
 
-    def __init__(self, class_names: Sequence[str], *, window: int, min_score: float) -> None:
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        *,
+        window: int | None = None,
+        window_s: float | None = None,
+        min_score: float,
+    ) -> None:
         super().__init__(class_names, min_score)
+        if (window is None) == (window_s is None):
+            raise ValueError("give window (predictions) or window_s (seconds)")
         self.window = window
+        self.window_s = window_s
         self._labels: deque[int] = deque(maxlen=window)
         self._scores: deque[np.ndarray] = deque(maxlen=window)
+        self._times: deque[float] = deque(maxlen=window)
         self._shown: int | None = None
+        self._last_dt = NOMINAL_INTERVAL_S
 
-    def _push(self, scores: np.ndarray) -> None:
+    def _push(self, scores: np.ndarray, time_s: float, dt: float | None) -> None:
         index = int(np.argmax(scores))
         shown = scores[index] >= self.min_score - _SCORE_TOLERANCE
         self._labels.append(index if shown else -1)
         self._scores.append(scores)
+        self._times.append(time_s)
+        if dt is not None and dt > 0:
+            self._last_dt = dt
+        if self.window_s is not None:
+            while self._times[0] <= time_s - self.window_s - _TIME_TOLERANCE_S:
+                self._times.popleft()
+                self._labels.popleft()
+                self._scores.popleft()
+
+    @property
+    def _full(self) -> bool:
+        """The window spans all it should: ``window`` predictions, or ``window_s`` seconds (the
+        oldest prediction stands for the interval before it too)."""
+        if self.window is not None:
+            return len(self._labels) == self.window
+        span = self._times[-1] - self._times[0] + self._last_dt
+        return span >= self.window_s - _TIME_TOLERANCE_S
 
     def _label(self, index: int) -> Label:
         """Label ``index`` with its mean score over the window (the top score for "no action")."""
@@ -233,7 +304,9 @@ class _WindowSmoother(Smoother):
     def reset(self) -> None:
         self._labels.clear()
         self._scores.clear()
+        self._times.clear()
         self._shown = None
+        self._last_time_s = None
 
     @property
     def scores(self) -> np.ndarray | None:
@@ -266,13 +339,16 @@ class VoteSmoother(_WindowSmoother):
         self,
         class_names: Sequence[str],
         *,
-        window: int = DEFAULT_WINDOW,
+        window: int | None = None,
+        window_s: float | None = None,
         min_score: float = 0.0,
     ) -> None:
-        super().__init__(class_names, window=window, min_score=min_score)
+        if window is None and window_s is None:
+            window_s = DEFAULT_WINDOW_S
+        super().__init__(class_names, window=window, window_s=window_s, min_score=min_score)
 
-    def _update(self, scores: np.ndarray) -> Label:
-        self._push(scores)
+    def _update(self, scores: np.ndarray, time_s: float, dt: float | None) -> Label:
+        self._push(scores, time_s, dt)
         winner = majority(self._labels)
         if winner is not None:
             self._shown = winner
@@ -295,17 +371,18 @@ class HysteresisSmoother(_WindowSmoother):
         self,
         class_names: Sequence[str],
         *,
-        window: int = DEFAULT_HYSTERESIS_WINDOW,
+        window: int | None = None,
+        window_s: float | None = None,
         min_score: float = 0.0,
     ) -> None:
-        super().__init__(class_names, window=window, min_score=min_score)
+        if window is None and window_s is None:
+            window_s = DEFAULT_HYSTERESIS_WINDOW_S
+        super().__init__(class_names, window=window, window_s=window_s, min_score=min_score)
 
-    def _update(self, scores: np.ndarray) -> Label:
-        self._push(scores)
+    def _update(self, scores: np.ndarray, time_s: float, dt: float | None) -> Label:
+        self._push(scores, time_s, dt)
         newest = self._labels[-1]
-        if self._shown is None or (
-            len(self._labels) == self.window and all(label == newest for label in self._labels)
-        ):
+        if self._shown is None or (self._full and all(label == newest for label in self._labels)):
             self._shown = newest
         return self._shown_label()
 
@@ -318,7 +395,25 @@ def _check_options(
     alpha: float | None,
     window: int | None,
     min_score: float | None,
+    tau_s: float | None = None,
+    window_s: float | None = None,
 ) -> None:
+    if tau_s is not None:
+        if policy is not SmoothingPolicy.EMA:
+            raise OptionError(f"--tau applies to --smoothing ema only, not {policy.value}")
+        if alpha is not None:
+            raise OptionError("give --tau (seconds) or --alpha (a weight per prediction), not both")
+        if not (math.isfinite(tau_s) and tau_s > 0):
+            raise OptionError(f"--tau must be a positive number of seconds, got {tau_s}")
+    if window_s is not None:
+        if policy not in (SmoothingPolicy.VOTE, SmoothingPolicy.HYSTERESIS):
+            raise OptionError(
+                f"--window-s applies to --smoothing vote or hysteresis only, not {policy.value}"
+            )
+        if window is not None:
+            raise OptionError("give --window-s (seconds) or --window (predictions), not both")
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise OptionError(f"--window-s must be a positive number of seconds, got {window_s}")
     if alpha is not None:
         if policy is not SmoothingPolicy.EMA:
             raise OptionError(f"--alpha applies to --smoothing ema only, not {policy.value}")
@@ -345,8 +440,14 @@ def make_smoother(
     alpha: float | None = None,
     window: int | None = None,
     min_score: float | None = None,
+    tau_s: float | None = None,
+    window_s: float | None = None,
 ) -> Smoother:
     """Build the smoother for ``policy``; None for an option means its documented default.
+
+    The defaults are in seconds of source time (``tau_s`` 0.5, vote ``window_s`` 1.25,
+    hysteresis ``window_s`` 0.75), so the label behaves the same at any prediction rate;
+    ``alpha`` and ``window`` count predictions instead, for users who want counts.
 
     Raises :class:`OptionError` for a bad value, or for an option the policy does not use (a user
     who passes ``--alpha`` with ``--smoothing vote`` should learn that it has no effect).
@@ -356,20 +457,18 @@ def make_smoother(
     except ValueError:
         choices = ", ".join(p.value for p in SmoothingPolicy)
         raise OptionError(f"--smoothing must be one of {choices}, got {policy!r}") from None
-    _check_options(policy, alpha, window, min_score)
+    _check_options(policy, alpha, window, min_score, tau_s, window_s)
     threshold = default_min_score(len(class_names)) if min_score is None else float(min_score)
+    window = None if window is None else int(window)
     if policy is SmoothingPolicy.EMA:
         return EmaSmoother(
-            class_names, alpha=DEFAULT_ALPHA if alpha is None else float(alpha), min_score=threshold
-        )
-    if policy is SmoothingPolicy.VOTE:
-        return VoteSmoother(
-            class_names, window=DEFAULT_WINDOW if window is None else int(window), min_score=threshold
-        )
-    if policy is SmoothingPolicy.HYSTERESIS:
-        return HysteresisSmoother(
             class_names,
-            window=DEFAULT_HYSTERESIS_WINDOW if window is None else int(window),
+            alpha=None if alpha is None else float(alpha),
+            tau_s=tau_s,
             min_score=threshold,
         )
+    if policy is SmoothingPolicy.VOTE:
+        return VoteSmoother(class_names, window=window, window_s=window_s, min_score=threshold)
+    if policy is SmoothingPolicy.HYSTERESIS:
+        return HysteresisSmoother(class_names, window=window, window_s=window_s, min_score=threshold)
     return PassThrough(class_names, min_score=threshold)

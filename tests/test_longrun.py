@@ -116,3 +116,23 @@ def test_sighup_reopens_the_events_file_without_losing_or_splitting_a_line(tmp_p
     summary = records[-1]
     assert summary["type"] == "summary"
     assert sum(r["type"] == "prediction" for r in records) == summary["predictions"] > 30
+
+
+def test_segment_boundaries_do_not_depend_on_the_prediction_rate(tmp_path, make_video):
+    """Smoothing counts seconds, not predictions: the same file predicted every 2, 8 and 15 frames
+    (15, 3.75 and 2 a second) puts its segment boundaries within 0.5 s of each other."""
+    from onnx_models import faulty_model
+
+    model = faulty_model(tmp_path / "m.onnx", clip_seconds=0.3)  # dark/bright by mean level
+    levels = [40] * 90 + [220] * 90 + [40] * 90 + [220] * 60  # 3 s, 3 s, 3 s, 2 s at 30 fps
+    video = make_video("v.mp4", levels=levels, frames=len(levels))
+    boundaries = {}
+    for every in (2, 8, 15):
+        events = tmp_path / f"e{every}.jsonl"
+        assert main(["--source", str(video), "--model", str(model), "--events", str(events),
+                     "--no-display", "--every", str(every)]) == 0  # fmt: skip
+        segments = [s for s in read_events(events)[-1]["segments"] if s["label"] != "no action"]
+        assert [s["label"] for s in segments] == ["dark", "bright", "dark", "bright"], segments
+        boundaries[every] = [s["start_s"] for s in segments[1:]]
+    for a, b in itertools.combinations(boundaries.values(), 2):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 0.5, boundaries

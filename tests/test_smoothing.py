@@ -10,7 +10,10 @@ from stream.prediction import NO_ACTION
 from stream.smoothing import (
     DEFAULT_ALPHA,
     DEFAULT_HYSTERESIS_WINDOW,
+    DEFAULT_HYSTERESIS_WINDOW_S,
+    DEFAULT_TAU_S,
     DEFAULT_WINDOW,
+    DEFAULT_WINDOW_S,
     EmaSmoother,
     HysteresisSmoother,
     PassThrough,
@@ -214,10 +217,13 @@ def test_no_action_is_voted_like_any_label():
 def test_make_smoother_uses_documented_defaults():
     ema = make_smoother("ema", NAMES)
     assert isinstance(ema, EmaSmoother)
-    assert ema.alpha == DEFAULT_ALPHA
+    assert ema.alpha is None and ema.tau_s == DEFAULT_TAU_S  # seconds, not counts
+    assert ema.weight(0.25) == pytest.approx(DEFAULT_ALPHA, abs=0.01)  # today's feel at 4/s
     assert ema.min_score == pytest.approx(default_min_score(3))
-    assert make_smoother("vote", NAMES).window == DEFAULT_WINDOW
-    assert make_smoother("hysteresis", NAMES).window == DEFAULT_HYSTERESIS_WINDOW
+    assert make_smoother("vote", NAMES).window_s == DEFAULT_WINDOW_S == DEFAULT_WINDOW / 4
+    assert make_smoother("hysteresis", NAMES).window_s == DEFAULT_HYSTERESIS_WINDOW_S == DEFAULT_HYSTERESIS_WINDOW / 4
+    assert make_smoother("ema", NAMES, alpha=0.3).alpha == 0.3  # counts still work
+    assert make_smoother("vote", NAMES, window=7).window == 7
     assert (default_window("vote"), default_window("hysteresis"), default_window("ema")) == (
         DEFAULT_WINDOW,
         DEFAULT_HYSTERESIS_WINDOW,
@@ -296,3 +302,57 @@ def test_the_label_recovers_on_the_next_good_prediction(policy):
     assert smoother.update(confident(1)).name == "wash"
     assert smoother.update(NON_FINITE["one NaN"]).name == "wash"
     assert smoother.update(confident(1)).name == "wash"
+
+
+# --- smoothing in seconds -------------------------------------------------------------------------
+
+
+def follow_time(smoother, rate: float) -> float:
+    """Seconds of video after a confident switch from "cut" to "wash" until "wash" is shown, with
+    predictions ``rate`` a second (after 3 s of "cut")."""
+    dt = 1.0 / rate
+    t = 0.0
+    for _ in range(round(3 * rate)):
+        t += dt
+        assert smoother.update(confident(0), t).name == "cut"
+    switch = t
+    while t < switch + 5:
+        t += dt
+        if smoother.update(confident(1), t).name == "wash":
+            return t - switch
+    raise AssertionError("never followed")
+
+
+@pytest.mark.parametrize("policy", ["ema", "vote", "hysteresis"])
+def test_the_label_follows_in_the_same_time_at_2_4_and_30_predictions_a_second(policy):
+    times = {rate: follow_time(make_smoother(policy, NAMES, min_score=0.0), rate) for rate in (2, 4, 30)}
+    assert all(0.3 <= t <= 1.0 for t in times.values()), times
+    # Counts would not: a window of 5 predictions is 2.5 s at 2/s and 0.17 s at 30/s.
+    if policy != "ema":
+        counted = {rate: follow_time(make_smoother(policy, NAMES, window=3, min_score=0.0), rate)
+                   for rate in (2, 30)}  # fmt: skip
+        assert counted[2] > 5 * counted[30]
+
+
+@pytest.mark.parametrize("policy", ["ema", "vote", "hysteresis"])
+def test_a_one_prediction_glitch_stays_hidden_at_4_and_30_a_second(policy):
+    for rate in (4, 30):
+        smoother = make_smoother(policy, NAMES, min_score=0.0)
+        t = 0.0
+        shown = []
+        for k in range(round(4 * rate)):
+            t += 1.0 / rate
+            glitch = k == 2 * rate
+            shown.append(smoother.update(confident(1 if glitch else 0), t).name)
+        assert set(shown) == {"cut"}, (policy, rate)
+
+
+def test_time_bad_options_are_one_line():
+    with pytest.raises(OptionError, match="--tau must be"):
+        make_smoother("ema", NAMES, tau_s=0.0)
+    with pytest.raises(OptionError, match="not both"):
+        make_smoother("ema", NAMES, tau_s=0.5, alpha=0.4)
+    with pytest.raises(OptionError, match="--window-s applies"):
+        make_smoother("ema", NAMES, window_s=1.0)
+    with pytest.raises(OptionError, match="not both"):
+        make_smoother("vote", NAMES, window_s=1.0, window=3)
