@@ -136,3 +136,33 @@ def test_segment_boundaries_do_not_depend_on_the_prediction_rate(tmp_path, make_
         boundaries[every] = [s["start_s"] for s in segments[1:]]
     for a, b in itertools.combinations(boundaries.values(), 2):
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 0.5, boundaries
+
+
+def test_source_states_are_events(tmp_path, probe, mjpeg_server):
+    import threading
+
+    from reliability_util import StallingServer
+
+    # A camera that drops every connection after 30 frames: lost, reconnecting, reopened.
+    dropping = mjpeg_server(grey_frames([(9 * i) % 250 for i in range(60)]), fps=30, drop_after=30)
+    # A camera that sends 10 frames, then nothing with its connection open: stalled.
+    silent = StallingServer(grey_frames(range(40, 240, 20)))
+    # Both go away for good after 4 s, so that every reconnect after that fails and the run ends.
+    gone = threading.Timer(4.0, lambda: (dropping.close(), silent.close()))
+    gone.start()
+    events = tmp_path / "e.jsonl"
+    try:
+        assert main(["--source", f"drop={dropping.url}", "--source", f"silent={silent.url}",
+                     "--model", str(probe), "--events", str(events), "--no-display",
+                     "--reconnect", "1", "--stall-s", "0.5", "--timeout", "1"]) == 0  # fmt: skip
+    finally:
+        gone.cancel()
+        silent.close()
+    states: dict[str, list[str]] = {}
+    for line in read_events(events):
+        if line["type"] == "source":
+            assert set(line) == {"type", "stream", "state", "time_s", "wall_time", "detail"}
+            states.setdefault(line["stream"], []).append(line["state"])
+    assert states["drop"][:4] == ["opened", "lost", "reconnecting", "reopened"], states
+    assert states["drop"][-1] == "ended"
+    assert states["silent"][:2] == ["opened", "stalled"] and states["silent"][-1] == "ended", states
