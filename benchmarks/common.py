@@ -78,6 +78,8 @@ class Profile:
     # (11) --serve: dial-model costs (source-bound, CPU-bound), the camera's frame size
     serve_costs_ms: tuple[float, ...] = (10.0, 60.0)
     serve_size: tuple[int, int] = (1280, 720)
+    # (12) the long soak: seconds (20 minutes in the full run)
+    longrun_seconds: float = 240.0
 
 
 QUICK = Profile(
@@ -103,6 +105,7 @@ FULL = Profile(
     memory_seconds=600.0,
     memory_warmup_s=60.0,
     multistream_seconds=60.0,
+    longrun_seconds=1200.0,
 )
 
 SMOKE = Profile(
@@ -131,6 +134,7 @@ SMOKE = Profile(
     gpu_model=("tiny", 32),
     multistream_counts=(1, 2),
     multistream_seconds=2.0,
+    longrun_seconds=20.0,
     serve_costs_ms=(2.0,),
     serve_size=(320, 240),
 )
