@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# ruff's formatter is the one style: no hand alignment to protect, nothing to argue about.
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # About 10 seconds after install: render an unseen test video, stream it through the committed
 # demo model, score the smoothed label against the ground truth, write the pictures.

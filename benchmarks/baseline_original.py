@@ -40,7 +40,9 @@ def open_session(model: Path, threads: int = 0):
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(model), sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 def normalise(frames: deque, mean=MEAN, std=STD) -> np.ndarray:
@@ -96,10 +98,14 @@ def run_original(video: Path, model: Path, *, threads: int = 0, display: bool = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.baseline_original",
-                                     description="The original project's sequential every-frame loop.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.baseline_original",
+        description="The original project's sequential every-frame loop.",
+    )
     parser.add_argument("--video", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True, help="float-input ONNX [1, 3, T, S, S]")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="float-input ONNX [1, 3, T, S, S]"
+    )
     parser.add_argument("--labels", type=Path, help="write per-frame labels and timings as JSON")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--display", action="store_true")
@@ -112,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.labels:
         args.labels.write_text(json.dumps(out), encoding="utf-8")
     else:
-        print(f"{out['frames']} frames, {out['predictions']} predictions, loop {out['loop_s']:.2f} s")
+        print(
+            f"{out['frames']} frames, {out['predictions']} predictions, loop {out['loop_s']:.2f} s"
+        )
     return 0
 
 

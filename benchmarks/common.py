@@ -26,7 +26,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "epic-stream" / "bench"
+DEFAULT_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "epic-stream" / "bench"
+)
 
 
 class BenchError(RuntimeError):
@@ -188,8 +190,15 @@ class Stats:
 
     def as_json(self) -> dict[str, Any]:
         q1, q3 = self.quartiles
-        return {"median": self.median, "min": self.lo, "max": self.hi, "q1": q1, "q3": q3,
-                "n": self.n, "values": list(self.values)}
+        return {
+            "median": self.median,
+            "min": self.lo,
+            "max": self.hi,
+            "q1": q1,
+            "q3": q3,
+            "n": self.n,
+            "values": list(self.values),
+        }
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -319,7 +328,10 @@ def gpu_names() -> list[str]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -350,7 +362,11 @@ class CpuReading:
         # guest time is already inside user/nice; steal is time this VM did not get at all.
         busy = sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
         mine = os.times()
-        return cls(time.monotonic(), busy, mine.user + mine.system + mine.children_user + mine.children_system)
+        return cls(
+            time.monotonic(),
+            busy,
+            mine.user + mine.system + mine.children_user + mine.children_system,
+        )
 
     def others_since(self, start: CpuReading) -> float:
         """Share of the machine's CPU (0-1) that other processes used between ``start`` and this.
@@ -423,8 +439,17 @@ class StreamRun:
 
 def stream_command(source: Path | str, model: Path | str, events: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "stream", "--source", str(source), "--model", str(model),
-        "--no-display", "--events", str(events), *extra,
+        sys.executable,
+        "-m",
+        "stream",
+        "--source",
+        str(source),
+        "--model",
+        str(model),
+        "--no-display",
+        "--events",
+        str(events),
+        *extra,
     ]
 
 
@@ -463,11 +488,19 @@ def run_stream(
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            argv, cwd=ROOT, env=stream_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, timeout=timeout,
+            argv,
+            cwd=ROOT,
+            env=stream_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"epic-stream did not finish in {timeout:.0f} s: {' '.join(argv[2:])}") from exc
+        raise BenchError(
+            f"epic-stream did not finish in {timeout:.0f} s: {' '.join(argv[2:])}"
+        ) from exc
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise BenchError(

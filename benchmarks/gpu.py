@@ -36,16 +36,23 @@ TITLE = "7. GPU: ONNX Runtime CUDA and TensorRT"
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-def _provider_entry(device: str, bench: Bench, *, fp16: bool = False, shape: str = "", max_shape: str = ""):
+def _provider_entry(
+    device: str, bench: Bench, *, fp16: bool = False, shape: str = "", max_shape: str = ""
+):
     name = PROVIDERS[device]
     if device != "tensorrt":
         return name
-    options = {"trt_engine_cache_enable": "True",
-               "trt_engine_cache_path": str(bench.cache / "tensorrt"),
-               "trt_fp16_enable": "True" if fp16 else "False"}
+    options = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(bench.cache / "tensorrt"),
+        "trt_fp16_enable": "True" if fp16 else "False",
+    }
     if shape:  # one engine for every batch size, not one per shape
-        options |= {"trt_profile_min_shapes": f"frames:1x{shape}", "trt_profile_opt_shapes": f"frames:1x{shape}",
-                    "trt_profile_max_shapes": f"frames:{max_shape}x{shape}"}
+        options |= {
+            "trt_profile_min_shapes": f"frames:1x{shape}",
+            "trt_profile_opt_shapes": f"frames:1x{shape}",
+            "trt_profile_max_shapes": f"frames:{max_shape}x{shape}",
+        }
     return (name, options)
 
 
@@ -60,9 +67,13 @@ def gpu_session(path: Path, device: str, bench: Bench, **kw):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # enable_fallback=0: raise rather than print an "EP Error" banner and retry on the CPU.
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers, enable_fallback=0)
+    session = ort.InferenceSession(
+        str(path), sess_options=options, providers=providers, enable_fallback=0
+    )
     if session.get_providers()[0] != PROVIDERS[device]:
-        raise RuntimeError(f"listed but not usable here: the session runs on {session.get_providers()[0]}")
+        raise RuntimeError(
+            f"listed but not usable here: the session runs on {session.get_providers()[0]}"
+        )
     return session
 
 
@@ -73,7 +84,9 @@ def probe(bench: Bench) -> dict[str, str]:
     ort.set_default_logger_severity(4)  # probing a provider without its libraries logs errors
     available = ort.get_available_providers()
     p = bench.profile
-    model = write_dial(bench.work / "gpu-probe.onnx", 1, num_frames=p.dial_frames, image_size=p.dial_size)
+    model = write_dial(
+        bench.work / "gpu-probe.onnx", 1, num_frames=p.dial_frames, image_size=p.dial_size
+    )
     status = {}
     for device, name in PROVIDERS.items():
         if name not in available:
@@ -117,28 +130,43 @@ def run(bench: Bench) -> SectionResult:
         result.data = {"gpus": gpus, "providers": status}
         rows = [[PROVIDERS[d], s] for d, s in status.items()]
         if not working:
-            result.body = "\n".join([
-                "**No GPU was available on this machine, so this section has no figures.** "
-                f"GPU: {'; '.join(gpus) or 'none found (no nvidia-smi)'}. What ONNX Runtime said:",
-                "",
-                md_table(["provider", "status"], rows),
-                "",
-                "The code runs where CUDA/TensorRT really work: `make bench` on a GPU machine fills "
-                "in ms/clip and clips/s at batch 1–16 for fp32 and fp16 TimeSformer-base 8x224 on "
-                "each provider, and epic-stream's frames/s on one 1080p stream with `--device`.",
-            ])
-            result.headline.append(("GPU (CUDA / TensorRT)", "not measured: no GPU on this machine"))
-            result.targets.append(Target("GPU figures (CUDA/TensorRT, fp32/fp16)", "measured on a GPU",
-                                         "no GPU here", None, "this machine has no GPU"))
+            result.body = "\n".join(
+                [
+                    "**No GPU was available on this machine, so this section has no figures.** "
+                    f"GPU: {'; '.join(gpus) or 'none found (no nvidia-smi)'}. What ONNX Runtime said:",
+                    "",
+                    md_table(["provider", "status"], rows),
+                    "",
+                    "The code runs where CUDA/TensorRT really work: `make bench` on a GPU machine fills "
+                    "in ms/clip and clips/s at batch 1–16 for fp32 and fp16 TimeSformer-base 8x224 on "
+                    "each provider, and epic-stream's frames/s on one 1080p stream with `--device`.",
+                ]
+            )
+            result.headline.append(
+                ("GPU (CUDA / TensorRT)", "not measured: no GPU on this machine")
+            )
+            result.targets.append(
+                Target(
+                    "GPU figures (CUDA/TensorRT, fp32/fp16)",
+                    "measured on a GPU",
+                    "no GPU here",
+                    None,
+                    "this machine has no GPU",
+                )
+            )
             advance(1)
             return result
         result.data["measured"] = _measure(bench, working, advance)
     result.body = _markdown(bench, gpus, rows, result.data["measured"])
     for key, per_batch in result.data["measured"]["throughput"].items():
         best = max(per_batch, key=lambda b: 1000.0 / per_batch[b]["median"])
-        result.headline.append((f"GPU {'; '.join(gpus) or '?'} {key}, {result.data['measured']['model']}",
-                                f"{per_batch[1]['median']:.1f} ms/clip at batch 1, "
-                                f"{1000.0 / per_batch[best]['median']:.0f} clips/s at batch {best}"))
+        result.headline.append(
+            (
+                f"GPU {'; '.join(gpus) or '?'} {key}, {result.data['measured']['model']}",
+                f"{per_batch[1]['median']:.1f} ms/clip at batch 1, "
+                f"{1000.0 / per_batch[best]['median']:.0f} clips/s at batch {best}",
+            )
+        )
     result.figures.append(_plot(bench, result.data["measured"]))
     return result
 
@@ -146,7 +174,9 @@ def run(bench: Bench) -> SectionResult:
 def _measure(bench: Bench, working: list[str], advance) -> dict:
     p = bench.profile
     preset, size = p.gpu_model
-    spec = TimeSformerSpec(preset, size, p.num_frames, p.num_classes, overrides=dict(p.model_overrides))
+    spec = TimeSformerSpec(
+        preset, size, p.num_frames, p.num_classes, overrides=dict(p.model_overrides)
+    )
     exported = export_timesformer(spec, bench.cache)
     files = {"fp32": exported.fp32, "fp16": fp16_model(exported.fp32)}
     shape = f"{spec.num_frames}x{size}x{size}x3"
@@ -154,8 +184,14 @@ def _measure(bench: Bench, working: list[str], advance) -> dict:
     for device in working:
         for precision, path in files.items():
             key = f"{device} {precision}"
-            session = gpu_session(path, device, bench, fp16=precision == "fp16", shape=shape,
-                                  max_shape=str(max(p.gpu_batches)))
+            session = gpu_session(
+                path,
+                device,
+                bench,
+                fp16=precision == "fp16",
+                shape=shape,
+                max_shape=str(max(p.gpu_batches)),
+            )
             per_batch = {}
             for batch in p.gpu_batches:
                 clip = random_clip(spec.num_frames, size, batch)
@@ -194,22 +230,24 @@ def _markdown(bench: Bench, gpus: list[str], provider_rows: list, measured: dict
             s = per_batch[batch]
             rows.append([key, batch, _fmt(s, 2), f"{1000.0 / s['median']:.1f}"])
     prow = [[d, _fmt(s)] for d, s in measured["pipeline"].items()]
-    return "\n".join([
-        f"GPU: {'; '.join(gpus) or 'unknown (nvidia-smi missing)'}. Model: TimeSformer {measured['model']} "
-        "(random weights). ms/clip = session.run time / batch, numpy in and out (host-device copies "
-        "included), median [min–max] over runs after 3 warm-up runs per batch size.",
-        "",
-        md_table(["provider", "status"], provider_rows),
-        "",
-        md_table(["provider precision", "batch", "ms/clip", "clips/s"], rows),
-        "",
-        "epic-stream on one 1080p file stream (`--device`, fp32 model, frames/s after start-up):",
-        "",
-        md_table(["device", "pipeline frames/s"], prow),
-        "",
-        "Several concurrent streams sharing one batched session: not implemented in epic-stream "
-        "(one stream per process at batch 1), so not measured.",
-    ])
+    return "\n".join(
+        [
+            f"GPU: {'; '.join(gpus) or 'unknown (nvidia-smi missing)'}. Model: TimeSformer {measured['model']} "
+            "(random weights). ms/clip = session.run time / batch, numpy in and out (host-device copies "
+            "included), median [min–max] over runs after 3 warm-up runs per batch size.",
+            "",
+            md_table(["provider", "status"], provider_rows),
+            "",
+            md_table(["provider precision", "batch", "ms/clip", "clips/s"], rows),
+            "",
+            "epic-stream on one 1080p file stream (`--device`, fp32 model, frames/s after start-up):",
+            "",
+            md_table(["device", "pipeline frames/s"], prow),
+            "",
+            "Several concurrent streams sharing one batched session: not implemented in epic-stream "
+            "(one stream per process at batch 1), so not measured.",
+        ]
+    )
 
 
 def _plot(bench: Bench, measured: dict) -> str:
@@ -217,7 +255,14 @@ def _plot(bench: Bench, measured: dict) -> str:
     for key, per_batch in measured["throughput"].items():
         batches = sorted(per_batch)
         stats = [Stats.of([1000.0 / v for v in per_batch[b]["values"]]) for b in batches]
-        ax.errorbar(batches, [s.median for s in stats], yerr=error_bars(stats), marker="o", capsize=3, label=key)
+        ax.errorbar(
+            batches,
+            [s.median for s in stats],
+            yerr=error_bars(stats),
+            marker="o",
+            capsize=3,
+            label=key,
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch")
     ax.set_ylabel("clips / s")

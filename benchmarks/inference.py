@@ -45,7 +45,9 @@ TITLE = "1. Inference: torch eager vs ONNX Runtime fp32 vs int8"
 
 def spec_for(bench: Bench, preset: str, size: int) -> TimeSformerSpec:
     p = bench.profile
-    return TimeSformerSpec(preset, size, p.num_frames, p.num_classes, overrides=dict(p.model_overrides))
+    return TimeSformerSpec(
+        preset, size, p.num_frames, p.num_classes, overrides=dict(p.model_overrides)
+    )
 
 
 def _runners(network, exported):
@@ -84,16 +86,22 @@ def time_combo(bench: Bench, spec: TimeSformerSpec, advance) -> dict:
                 run(clip)
         times: dict[str, list[float]] = {r: [] for r in RUNTIMES}
         for rep in range(bench.profile.repeats):
-            order = RUNTIMES[rep % 3:] + RUNTIMES[: rep % 3]
+            order = RUNTIMES[rep % 3 :] + RUNTIMES[: rep % 3]
             for name in order:
                 time.sleep(0.05)  # let torch's OpenMP workers stop spinning before ORT runs
                 times[name].append(timed(partial(runners[name], clip)) * 1000.0 / batch)
             advance(1, f"{spec.label} batch {batch} run {rep + 1}/{bench.profile.repeats}")
         ms = {r: Stats.of(v) for r, v in times.items()}
         ratio = {
-            "fp32_vs_torch": Stats.of([t / f for t, f in zip(times["torch"], times["ort-fp32"], strict=True)]),
-            "int8_vs_fp32": Stats.of([f / i for f, i in zip(times["ort-fp32"], times["ort-int8"], strict=True)]),
-            "int8_vs_torch": Stats.of([t / i for t, i in zip(times["torch"], times["ort-int8"], strict=True)]),
+            "fp32_vs_torch": Stats.of(
+                [t / f for t, f in zip(times["torch"], times["ort-fp32"], strict=True)]
+            ),
+            "int8_vs_fp32": Stats.of(
+                [f / i for f, i in zip(times["ort-fp32"], times["ort-int8"], strict=True)]
+            ),
+            "int8_vs_torch": Stats.of(
+                [t / i for t, i in zip(times["torch"], times["ort-int8"], strict=True)]
+            ),
         }
         out["batches"][batch] = {"ms_per_clip": ms, "speedup": ratio}
     return out
@@ -137,39 +145,60 @@ def run(bench: Bench) -> SectionResult:
             agree[spec.label] = agreement(bench, spec, advance)
 
     result.data = {
-        "timings": {k: {"export_s": v["export_s"], "batches": {
-            b: {g: {n: s.as_json() for n, s in d.items()} for g, d in bv.items()}
-            for b, bv in v["batches"].items()}} for k, v in timings.items()},
+        "timings": {
+            k: {
+                "export_s": v["export_s"],
+                "batches": {
+                    b: {g: {n: s.as_json() for n, s in d.items()} for g, d in bv.items()}
+                    for b, bv in v["batches"].items()
+                },
+            }
+            for k, v in timings.items()
+        },
         "agreement": agree,
     }
     result.body = _markdown(bench, timings, agree)
     for label, t in timings.items():
         if label.startswith(("tiny", "base")) and 1 in t["batches"]:
             ms, sp = t["batches"][1]["ms_per_clip"], t["batches"][1]["speedup"]
-            result.headline.append((
-                f"TimeSformer {label}, batch 1, ms/clip: torch / ORT fp32 / ORT int8",
-                f"{ms['torch'].fmt(0)} / {ms['ort-fp32'].fmt(0)} / {ms['ort-int8'].fmt(0)} "
-                f"(ORT fp32 {sp['fp32_vs_torch'].median:.1f}x torch, int8 {sp['int8_vs_fp32'].median:.1f}x fp32)"))
+            result.headline.append(
+                (
+                    f"TimeSformer {label}, batch 1, ms/clip: torch / ORT fp32 / ORT int8",
+                    f"{ms['torch'].fmt(0)} / {ms['ort-fp32'].fmt(0)} / {ms['ort-int8'].fmt(0)} "
+                    f"(ORT fp32 {sp['fp32_vs_torch'].median:.1f}x torch, int8 {sp['int8_vs_fp32'].median:.1f}x fp32)",
+                )
+            )
     for label, a in agree.items():
-        result.headline.append((f"int8 vs fp32 top-1 agreement, {label} ({a['clips']} clips)",
-                                f"{a['agreement'] * 100:.1f}%"))
+        result.headline.append(
+            (
+                f"int8 vs fp32 top-1 agreement, {label} ({a['clips']} clips)",
+                f"{a['agreement'] * 100:.1f}%",
+            )
+        )
     result.figures.append(_plot(bench, timings))
     return result
 
 
 def _markdown(bench: Bench, timings: dict, agree: dict) -> str:
     p = bench.profile
-    all_combos = [f"{pr} {p.num_frames}x{s}" for pr in ("tiny", "small", "base") for s in (112, 224)]
+    all_combos = [
+        f"{pr} {p.num_frames}x{s}" for pr in ("tiny", "small", "base") for s in (112, 224)
+    ]
     skipped = [c for c in all_combos if c not in timings]
     rows = []
     for label, t in timings.items():
         for batch, d in t["batches"].items():
             ms, sp = d["ms_per_clip"], d["speedup"]
-            rows.append([
-                label, batch, *(ms[r].fmt(1) for r in RUNTIMES),
-                *(f"{1000.0 / ms[r].median:.1f}" for r in RUNTIMES),
-                sp["fp32_vs_torch"].fmt(2) + "x", sp["int8_vs_fp32"].fmt(2) + "x",
-            ])
+            rows.append(
+                [
+                    label,
+                    batch,
+                    *(ms[r].fmt(1) for r in RUNTIMES),
+                    *(f"{1000.0 / ms[r].median:.1f}" for r in RUNTIMES),
+                    sp["fp32_vs_torch"].fmt(2) + "x",
+                    sp["int8_vs_fp32"].fmt(2) + "x",
+                ]
+            )
     text = [
         "What: ms per clip (batch time / batch) of the contract model (uint8 BGR in, softmax out) "
         f"with random weights, {p.num_classes} classes. torch eager (`inference_mode`, "
@@ -178,21 +207,55 @@ def _markdown(bench: Bench, timings: dict, agree: dict) -> str:
         f"per core, no spinning). {p.repeats} runs per cell after a warm-up; runtimes interleaved "
         "within each run. clips/s = 1000 / median ms per clip. Speed-ups are ratios within each run.",
         "",
-        md_table(["model", "batch", "torch ms/clip", "ORT fp32 ms/clip", "ORT int8 ms/clip",
-                  "torch clips/s", "fp32 clips/s", "int8 clips/s", "fp32 vs torch", "int8 vs fp32"], rows),
+        md_table(
+            [
+                "model",
+                "batch",
+                "torch ms/clip",
+                "ORT fp32 ms/clip",
+                "ORT int8 ms/clip",
+                "torch clips/s",
+                "fp32 clips/s",
+                "int8 clips/s",
+                "fp32 vs torch",
+                "int8 vs fp32",
+            ],
+            rows,
+        ),
     ]
     if skipped:
-        text += ["", f"Not run in this ({p.name}) mode: {', '.join(skipped)}; `make bench FULL=1` runs them all."]
+        text += [
+            "",
+            f"Not run in this ({p.name}) mode: {', '.join(skipped)}; `make bench FULL=1` runs them all.",
+        ]
     if agree:
-        arows = [[label, a["clips"], f"{a['agreement'] * 100:.1f}%", a["distinct_fp32_top1"],
-                  f"{a['median_margin']:.4f}", f"{a['max_abs_diff']:.4f}"] for label, a in agree.items()]
+        arows = [
+            [
+                label,
+                a["clips"],
+                f"{a['agreement'] * 100:.1f}%",
+                a["distinct_fp32_top1"],
+                f"{a['median_margin']:.4f}",
+                f"{a['max_abs_diff']:.4f}",
+            ]
+            for label, a in agree.items()
+        ]
         text += [
             "",
             "int8 vs fp32 top-1 agreement on structured clips (half windows of real footage, "
             "bigbuckbunny and bikes at random starts and strides; half synthetic moving shapes):",
             "",
-            md_table(["model", "clips", "top-1 agreement", "distinct fp32 top-1 classes",
-                      "median fp32 top-1 margin", "max abs Δp"], arows),
+            md_table(
+                [
+                    "model",
+                    "clips",
+                    "top-1 agreement",
+                    "distinct fp32 top-1 classes",
+                    "median fp32 top-1 margin",
+                    "max abs Δp",
+                ],
+                arows,
+            ),
             "",
             "With random weights the class probabilities are nearly uniform (see the median margin "
             "between the best two classes), so a tiny quantization error flips the top-1 much more "
@@ -212,12 +275,24 @@ def _plot(bench: Bench, timings: dict) -> str:
         for i, runtime in enumerate(RUNTIMES):
             stats = [timings[lbl]["batches"][batch]["ms_per_clip"][runtime] for lbl in labels]
             if what == "ms":
-                ax.bar(x + (i - 1) * width, [s.median for s in stats], width, yerr=error_bars(stats),
-                       capsize=3, label=runtime)
+                ax.bar(
+                    x + (i - 1) * width,
+                    [s.median for s in stats],
+                    width,
+                    yerr=error_bars(stats),
+                    capsize=3,
+                    label=runtime,
+                )
             else:
                 rate = [Stats.of([1000.0 / v for v in s.values]) for s in stats]
-                ax.bar(x + (i - 1) * width, [s.median for s in rate], width, yerr=error_bars(rate),
-                       capsize=3, label=runtime)
+                ax.bar(
+                    x + (i - 1) * width,
+                    [s.median for s in rate],
+                    width,
+                    yerr=error_bars(rate),
+                    capsize=3,
+                    label=runtime,
+                )
         ax.set_xticks(x, labels, rotation=15)
         ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3, which="both")

@@ -63,7 +63,9 @@ class DroppingCamera:
     def __init__(self, drop_every_s: float) -> None:
         rng = np.random.default_rng(2)
         width, height = SIZE
-        texture = cv2.GaussianBlur(rng.integers(0, 256, (height, 2 * width, 3), dtype=np.uint8), (0, 0), 3)
+        texture = cv2.GaussianBlur(
+            rng.integers(0, 256, (height, 2 * width, 3), dtype=np.uint8), (0, 0), 3
+        )
         self._jpegs = [
             cv2.imencode(".jpg", np.ascontiguousarray(texture[:, x : x + width]))[1].tobytes()
             for x in range(0, width, 4)
@@ -84,7 +86,10 @@ class DroppingCamera:
                 k = 0
                 while time.monotonic() - start < drop_every_s:
                     jpeg = camera._jpegs[k % len(camera._jpegs)]
-                    part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                    part = (
+                        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                        % len(jpeg)
+                    )
                     try:
                         self.wfile.write(part + jpeg + b"\r\n")
                         self.wfile.flush()
@@ -115,8 +120,10 @@ def _visit(base: str, stream: str, stop: threading.Event, seen: list[int]) -> No
     try:
         with urllib.request.urlopen(f"{base}/", timeout=5) as page:
             page.read()
-        with urllib.request.urlopen(f"{base}/video/{stream}.mjpg", timeout=5) as video, \
-                urllib.request.urlopen(f"{base}/events", timeout=5) as events:  # fmt: skip
+        with (
+            urllib.request.urlopen(f"{base}/video/{stream}.mjpg", timeout=5) as video,
+            urllib.request.urlopen(f"{base}/events", timeout=5) as events,
+        ):
             while time.monotonic() < deadline and not stop.is_set():
                 seen[0] += len(video.read(65536))
                 seen[1] += len(events.read1(4096)) if hasattr(events, "read1") else 0
@@ -143,15 +150,38 @@ def run(bench: Bench) -> SectionResult:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         events = work / "events.jsonl"
-        argv = [sys.executable, "-m", "stream", "--model", str(model), "--realtime", "--no-display",
-                "--events", str(events), "--serve", f"127.0.0.1:{port}", "--reconnect", "1000",
-                "--stats-every", "60", "--source", f"cam={camera.url}"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "stream",
+            "--model",
+            str(model),
+            "--realtime",
+            "--no-display",
+            "--events",
+            str(events),
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--reconnect",
+            "1000",
+            "--stats-every",
+            "60",
+            "--source",
+            f"cam={camera.url}",
+        ]
         for k in range(3):
             argv += ["--source", f"file{k}={video}"]
         advance(10)
-        proc = subprocess.Popen(argv, cwd=ROOT, env=stream_env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=stream_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         samples: list[tuple[float, float, int, int]] = []
         rotated: list[Path] = []
         stop = threading.Event()
@@ -165,8 +195,14 @@ def run(bench: Bench) -> SectionResult:
                 now = time.monotonic()
                 if now >= next_sample:
                     with child.oneshot():
-                        samples.append((now - start, child.memory_info().rss / 2**20, child.num_fds(),
-                                        child.num_threads()))  # fmt: skip
+                        samples.append(
+                            (
+                                now - start,
+                                child.memory_info().rss / 2**20,
+                                child.num_fds(),
+                                child.num_threads(),
+                            )
+                        )
                     next_sample += 1.0
                     advance(1.0, f"{now - start:.0f}/{seconds:.0f} s, RSS {samples[-1][1]:.0f} MiB")
                 if now >= next_rotation and events.exists():
@@ -177,7 +213,9 @@ def run(bench: Bench) -> SectionResult:
                     next_rotation += rotate_every
                 if now >= next_visit:
                     stream = ("cam", "file0", "file1", "file2")[len(visits) % 4]
-                    visit = threading.Thread(target=_visit, args=(base, stream, stop, seen), daemon=True)
+                    visit = threading.Thread(
+                        target=_visit, args=(base, stream, stop, seen), daemon=True
+                    )
                     visit.start()
                     visits.append(visit)
                     next_visit += CLIENT_EVERY_S
@@ -217,46 +255,95 @@ def run(bench: Bench) -> SectionResult:
     threads = (min(s[3] for s in judged), max(s[3] for s in judged))
     flat = rss_range <= GOAL and abs(trend) <= GOAL
     result.targets += [
-        Target(f"RSS after warm-up ({seconds / 60:g} min, 4 streams)", "range and trend ≤ 5%",
-               f"range {rss_range * 100:.1f}%, trend {trend * 100:+.1f}%", flat,
-               "" if flat else "see the plot"),
-        Target("threads and fds after warm-up", "flat", f"threads {threads[0]}–{threads[1]}, fds {fds[0]}–{fds[1]}",
-               threads[0] == threads[1] and fds[1] - fds[0] <= 2,
-               "" if threads[0] == threads[1] else "threads come and go (reconnects, clients)"),
-        Target("prediction lines across rotations", "= summaries' predictions, none split",
-               f"{lines} lines, {counted} in the summaries, {split} split", lines == counted and not split, ""),
-        Target("the camera's reconnects as source events", "every drop: lost ... reopened",
-               f"{drops} lost, {reopened} reopened ({camera.connections} connections)",
-               drops >= 1 and reopened >= drops - 1, ""),
-    ]  # fmt: skip
-    result.headline.append((
-        f"{seconds / 60:g}-minute soak, 4 streams (a camera dropping every 2 min), rotation, web clients",
-        f"RSS {median:.0f} MiB, range {rss_range * 100:.1f}%, trend {trend * 100:+.1f}%; threads "
-        f"{threads[0]}–{threads[1]}, fds {fds[0]}–{fds[1]}; {lines} = {counted} predictions over "
-        f"{len(parts)} files; {reopened} reconnects",
-    ))  # fmt: skip
-    result.data = {"samples": samples, "seconds": seconds, "warmup_s": warmup, "lines": lines,
-                   "counted": counted, "split": split, "rotations": len(rotated), "cam_states": cam_states,
-                   "visits": len(visits), "visit_failures": seen[2], "video_bytes_seen": seen[0]}  # fmt: skip
-    result.body = "\n".join([
-        f"What: one `epic-stream` process, `--realtime --serve --stats-every 60 --reconnect 1000`, "
-        f"four streams of {SIZE[0]}x{SIZE[1]} {FPS:.0f} fps (three synthetic files and one MJPEG camera "
-        f"from this process that drops its connection every {min(DROP_EVERY_S, seconds / 3):.0f} s), "
-        f"a small contract model, for {seconds / 60:g} minutes; the events file moved away and SIGHUP "
-        f"sent every {rotate_every / 60:g} minutes ({len(rotated)} rotations); a client visiting the "
-        f"page, one stream's video and the event stream for {CLIENT_STAYS_S:g} s every "
-        f"{CLIENT_EVERY_S:g} s ({len(visits)} visits, {seen[2]} failed). RSS, fds and threads sampled "
-        f"every second; the first {warmup:g} s are warm-up.",
-        "",
-        md_table(["figure", "value"], [
-            ["RSS after warm-up: median [min–max]", f"{median:.1f} MiB [{rss.min():.1f}–{rss.max():.1f}]"],
-            ["range / median; trend over the run / median", f"{rss_range * 100:.2f}%; {trend * 100:+.2f}%"],
-            ["threads; fds (after warm-up)", f"{threads[0]}–{threads[1]}; {fds[0]}–{fds[1]}"],
-            ["prediction lines in the files; predictions in the summaries", f"{lines}; {counted}"],
-            ["lines split across a rotation", str(split)],
-            ["camera source events", ", ".join(f"{s} {cam_states.count(s)}" for s in dict.fromkeys(cam_states))],
-        ]),
-    ])  # fmt: skip
+        Target(
+            f"RSS after warm-up ({seconds / 60:g} min, 4 streams)",
+            "range and trend ≤ 5%",
+            f"range {rss_range * 100:.1f}%, trend {trend * 100:+.1f}%",
+            flat,
+            "" if flat else "see the plot",
+        ),
+        Target(
+            "threads and fds after warm-up",
+            "flat",
+            f"threads {threads[0]}–{threads[1]}, fds {fds[0]}–{fds[1]}",
+            threads[0] == threads[1] and fds[1] - fds[0] <= 2,
+            "" if threads[0] == threads[1] else "threads come and go (reconnects, clients)",
+        ),
+        Target(
+            "prediction lines across rotations",
+            "= summaries' predictions, none split",
+            f"{lines} lines, {counted} in the summaries, {split} split",
+            lines == counted and not split,
+            "",
+        ),
+        Target(
+            "the camera's reconnects as source events",
+            "every drop: lost ... reopened",
+            f"{drops} lost, {reopened} reopened ({camera.connections} connections)",
+            drops >= 1 and reopened >= drops - 1,
+            "",
+        ),
+    ]
+    result.headline.append(
+        (
+            f"{seconds / 60:g}-minute soak, 4 streams (a camera dropping every 2 min), rotation, web clients",
+            f"RSS {median:.0f} MiB, range {rss_range * 100:.1f}%, trend {trend * 100:+.1f}%; threads "
+            f"{threads[0]}–{threads[1]}, fds {fds[0]}–{fds[1]}; {lines} = {counted} predictions over "
+            f"{len(parts)} files; {reopened} reconnects",
+        )
+    )
+    result.data = {
+        "samples": samples,
+        "seconds": seconds,
+        "warmup_s": warmup,
+        "lines": lines,
+        "counted": counted,
+        "split": split,
+        "rotations": len(rotated),
+        "cam_states": cam_states,
+        "visits": len(visits),
+        "visit_failures": seen[2],
+        "video_bytes_seen": seen[0],
+    }
+    result.body = "\n".join(
+        [
+            f"What: one `epic-stream` process, `--realtime --serve --stats-every 60 --reconnect 1000`, "
+            f"four streams of {SIZE[0]}x{SIZE[1]} {FPS:.0f} fps (three synthetic files and one MJPEG camera "
+            f"from this process that drops its connection every {min(DROP_EVERY_S, seconds / 3):.0f} s), "
+            f"a small contract model, for {seconds / 60:g} minutes; the events file moved away and SIGHUP "
+            f"sent every {rotate_every / 60:g} minutes ({len(rotated)} rotations); a client visiting the "
+            f"page, one stream's video and the event stream for {CLIENT_STAYS_S:g} s every "
+            f"{CLIENT_EVERY_S:g} s ({len(visits)} visits, {seen[2]} failed). RSS, fds and threads sampled "
+            f"every second; the first {warmup:g} s are warm-up.",
+            "",
+            md_table(
+                ["figure", "value"],
+                [
+                    [
+                        "RSS after warm-up: median [min–max]",
+                        f"{median:.1f} MiB [{rss.min():.1f}–{rss.max():.1f}]",
+                    ],
+                    [
+                        "range / median; trend over the run / median",
+                        f"{rss_range * 100:.2f}%; {trend * 100:+.2f}%",
+                    ],
+                    [
+                        "threads; fds (after warm-up)",
+                        f"{threads[0]}–{threads[1]}; {fds[0]}–{fds[1]}",
+                    ],
+                    [
+                        "prediction lines in the files; predictions in the summaries",
+                        f"{lines}; {counted}",
+                    ],
+                    ["lines split across a rotation", str(split)],
+                    [
+                        "camera source events",
+                        ", ".join(f"{s} {cam_states.count(s)}" for s in dict.fromkeys(cam_states)),
+                    ],
+                ],
+            ),
+        ]
+    )
     result.figures.append(_plot(bench, samples, warmup))
     return result
 

@@ -35,12 +35,21 @@ MODEL_MS = 30.0
 GOAL = 0.05
 
 
-def sample(argv: list[str], seconds: float, advance, period: float = 1.0) -> list[tuple[float, float, int]]:
+def sample(
+    argv: list[str], seconds: float, advance, period: float = 1.0
+) -> list[tuple[float, float, int]]:
     """Run ``argv``, sampling (t, RSS MiB, threads) every ``period`` seconds until it exits."""
     import psutil
 
-    proc = subprocess.Popen(argv, cwd=ROOT, env=stream_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=stream_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     samples = []
     start = time.perf_counter()
     try:
@@ -49,14 +58,19 @@ def sample(argv: list[str], seconds: float, advance, period: float = 1.0) -> lis
         while proc.poll() is None:
             now = time.perf_counter()
             if now - start > seconds * 2 + 120:
-                raise BenchError(f"epic-stream did not end {seconds * 2 + 120:.0f} s into a {seconds:.0f} s video")
+                raise BenchError(
+                    f"epic-stream did not end {seconds * 2 + 120:.0f} s into a {seconds:.0f} s video"
+                )
             try:
                 with ps.oneshot():
                     samples.append((now - start, ps.memory_info().rss / 2**20, ps.num_threads()))
             except psutil.NoSuchProcess:
                 break
-            advance(period, f"{now - start:.0f}/{seconds:.0f} s, RSS {samples[-1][1]:.0f} MiB, "
-                    f"{samples[-1][2]} threads")
+            advance(
+                period,
+                f"{now - start:.0f}/{seconds:.0f} s, RSS {samples[-1][1]:.0f} MiB, "
+                f"{samples[-1][2]} threads",
+            )
             next_t += period
             time.sleep(max(0.0, next_t - time.perf_counter()))
         _, err = proc.communicate(timeout=60)
@@ -95,48 +109,101 @@ def run(bench: Bench) -> SectionResult:
     result = SectionResult("memory", TITLE)
     with bench.task(TITLE, p.memory_seconds + 5) as advance:
         advance(0, "preparing the video and the model")
-        (model,) = calibrate_dial(bench.work, (min(MODEL_MS, p.overhead_cost_ms),), num_frames=p.dial_frames,
-                                  image_size=p.dial_size, clip_seconds=1.0)
+        (model,) = calibrate_dial(
+            bench.work,
+            (min(MODEL_MS, p.overhead_cost_ms),),
+            num_frames=p.dial_frames,
+            image_size=p.dial_size,
+            clip_seconds=1.0,
+        )
         video = synthetic_video(bench.cache, p.memory_seconds, p.video_size, FPS)
         advance(5)
-        argv = stream_command(video, model.path, bench.work / "memory.jsonl", "--realtime",
-                              "--record", str(bench.work / "memory.mp4"))
+        argv = stream_command(
+            video,
+            model.path,
+            bench.work / "memory.jsonl",
+            "--realtime",
+            "--record",
+            str(bench.work / "memory.mp4"),
+        )
         samples = sample(argv, p.memory_seconds, advance)
     f = flatness(samples, p.memory_warmup_s)
     met = f["range_frac"] <= GOAL and f["trend_frac"] <= GOAL
-    cause = "" if met else (
-        f"RSS grows {f['slope_mib_per_min']:.2f} MiB/min after warm-up" if f["trend_frac"] > GOAL
-        else "RSS swings (allocator arenas, encoder buffers) though it does not trend upwards")
-    result.targets.append(Target(
-        f"RSS flat after warm-up ({p.memory_seconds / 60:g} min stream)", "range and trend ≤ 5%",
-        f"range {f['range_frac'] * 100:.1f}%, trend {f['trend_frac'] * 100:+.1f}%", met, cause))
+    cause = (
+        ""
+        if met
+        else (
+            f"RSS grows {f['slope_mib_per_min']:.2f} MiB/min after warm-up"
+            if f["trend_frac"] > GOAL
+            else "RSS swings (allocator arenas, encoder buffers) though it does not trend upwards"
+        )
+    )
+    result.targets.append(
+        Target(
+            f"RSS flat after warm-up ({p.memory_seconds / 60:g} min stream)",
+            "range and trend ≤ 5%",
+            f"range {f['range_frac'] * 100:.1f}%, trend {f['trend_frac'] * 100:+.1f}%",
+            met,
+            cause,
+        )
+    )
     threads_flat = f["threads_min"] == f["threads_max"]
-    result.targets.append(Target("thread count constant after warm-up", "constant",
-                                 f"{f['threads_min']}–{f['threads_max']}", threads_flat,
-                                 "" if threads_flat else "threads are started or ended while streaming"))
-    result.headline.append((f"RSS over a {p.memory_seconds / 60:g}-minute --realtime stream, after warm-up",
-                            f"{f['rss_median_mib']:.0f} MiB, range {f['range_frac'] * 100:.1f}%, "
-                            f"trend {f['trend_frac'] * 100:+.1f}%, {f['threads_max']} threads"))
-    result.data = {"samples": samples, "flatness": f, "model_ms": model.ms.as_json(),
-                   "seconds": p.memory_seconds, "warmup_s": p.memory_warmup_s}
-    short = "" if p.name == "full" else (
-        f" This is the quick mode's {p.memory_seconds:g} s run; `make bench FULL=1` streams 10 minutes.")
-    result.body = "\n".join([
-        f"What: `epic-stream --source synthetic.mp4 --realtime --record out.mp4 --events ... "
-        f"--no-display` for {p.memory_seconds:g} s of {p.video_size[0]}x{p.video_size[1]} "
-        f"{FPS:.0f} fps video with a {model.ms.median:.0f} ms dial model; RSS and thread count of "
-        f"the process sampled every second with psutil; the first {p.memory_warmup_s:g} s are "
-        f"warm-up and not judged.{short} One run (a soak is its own repetition: "
-        f"{f['samples']} samples).",
-        "",
-        md_table(["figure", "value"], [
-            ["RSS after warm-up: median [min–max]",
-             f"{f['rss_median_mib']:.1f} MiB [{f['rss_min_mib']:.1f}–{f['rss_max_mib']:.1f}]"],
-            ["range (max − min) / median", f"{f['range_frac'] * 100:.2f}%"],
-            ["linear trend over the run / median", f"{f['trend_frac'] * 100:+.2f}% ({f['slope_mib_per_min']:+.3f} MiB/min)"],
-            ["threads after warm-up", f"{f['threads_min']}–{f['threads_max']}"],
-        ]),
-    ])
+    result.targets.append(
+        Target(
+            "thread count constant after warm-up",
+            "constant",
+            f"{f['threads_min']}–{f['threads_max']}",
+            threads_flat,
+            "" if threads_flat else "threads are started or ended while streaming",
+        )
+    )
+    result.headline.append(
+        (
+            f"RSS over a {p.memory_seconds / 60:g}-minute --realtime stream, after warm-up",
+            f"{f['rss_median_mib']:.0f} MiB, range {f['range_frac'] * 100:.1f}%, "
+            f"trend {f['trend_frac'] * 100:+.1f}%, {f['threads_max']} threads",
+        )
+    )
+    result.data = {
+        "samples": samples,
+        "flatness": f,
+        "model_ms": model.ms.as_json(),
+        "seconds": p.memory_seconds,
+        "warmup_s": p.memory_warmup_s,
+    }
+    short = (
+        ""
+        if p.name == "full"
+        else (
+            f" This is the quick mode's {p.memory_seconds:g} s run; `make bench FULL=1` streams 10 minutes."
+        )
+    )
+    result.body = "\n".join(
+        [
+            f"What: `epic-stream --source synthetic.mp4 --realtime --record out.mp4 --events ... "
+            f"--no-display` for {p.memory_seconds:g} s of {p.video_size[0]}x{p.video_size[1]} "
+            f"{FPS:.0f} fps video with a {model.ms.median:.0f} ms dial model; RSS and thread count of "
+            f"the process sampled every second with psutil; the first {p.memory_warmup_s:g} s are "
+            f"warm-up and not judged.{short} One run (a soak is its own repetition: "
+            f"{f['samples']} samples).",
+            "",
+            md_table(
+                ["figure", "value"],
+                [
+                    [
+                        "RSS after warm-up: median [min–max]",
+                        f"{f['rss_median_mib']:.1f} MiB [{f['rss_min_mib']:.1f}–{f['rss_max_mib']:.1f}]",
+                    ],
+                    ["range (max − min) / median", f"{f['range_frac'] * 100:.2f}%"],
+                    [
+                        "linear trend over the run / median",
+                        f"{f['trend_frac'] * 100:+.2f}% ({f['slope_mib_per_min']:+.3f} MiB/min)",
+                    ],
+                    ["threads after warm-up", f"{f['threads_min']}–{f['threads_max']}"],
+                ],
+            ),
+        ]
+    )
     result.figures.append(_plot(bench, samples, p.memory_warmup_s))
     return result
 

@@ -97,13 +97,16 @@ def dial_proto(
     graph = helper.make_graph(nodes, f"dial{layers}", [inp], [out], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     proto.ir_version = 8  # readable by every onnxruntime that supports opset 18
-    helper.set_model_props(proto, {
-        "class_names": json.dumps(class_names(num_classes)),
-        "clip_seconds": repr(float(clip_seconds)),
-        "num_frames": str(t),
-        "image_size": str(s),
-        "description": f"benchmark dial model: {layers} x MatMul[{t * s}x{hidden}x{hidden}] + Tanh",
-    })
+    helper.set_model_props(
+        proto,
+        {
+            "class_names": json.dumps(class_names(num_classes)),
+            "clip_seconds": repr(float(clip_seconds)),
+            "num_frames": str(t),
+            "image_size": str(s),
+            "description": f"benchmark dial model: {layers} x MatMul[{t * s}x{hidden}x{hidden}] + Tanh",
+        },
+    )
     onnx.checker.check_model(proto)
     return proto
 
@@ -130,8 +133,13 @@ class DialModel:
 
 
 def calibrate_dial(
-    folder: Path, targets_ms: tuple[float, ...], *, num_frames: int, image_size: int,
-    clip_seconds: float, runs: int = 5,
+    folder: Path,
+    targets_ms: tuple[float, ...],
+    *,
+    num_frames: int,
+    image_size: int,
+    clip_seconds: float,
+    runs: int = 5,
 ) -> list[DialModel]:
     """Dial models that take about ``targets_ms`` each here, with their measured cost.
 
@@ -141,9 +149,15 @@ def calibrate_dial(
     clip = random_clip(num_frames, image_size)
     kw = {"num_frames": num_frames, "image_size": image_size, "clip_seconds": clip_seconds}
     probe = 16
-    base = ms_per_run(cpu_session(write_dial(folder / "dial-probe0.onnx", 0, **kw)), clip, runs).median
-    per = (ms_per_run(cpu_session(write_dial(folder / f"dial-probe{probe}.onnx", probe, **kw)), clip,
-                      runs).median - base) / probe
+    base = ms_per_run(
+        cpu_session(write_dial(folder / "dial-probe0.onnx", 0, **kw)), clip, runs
+    ).median
+    per = (
+        ms_per_run(
+            cpu_session(write_dial(folder / f"dial-probe{probe}.onnx", probe, **kw)), clip, runs
+        ).median
+        - base
+    ) / probe
     per = max(per, 1e-3)
     models = []
     for target in targets_ms:
@@ -187,8 +201,11 @@ def build_network(spec: TimeSformerSpec):
 
     torch.manual_seed(SEED)
     return build_timesformer(
-        spec.preset, img_size=spec.image_size, num_frames=spec.num_frames,
-        num_classes=spec.num_classes, **spec.overrides,
+        spec.preset,
+        img_size=spec.image_size,
+        num_frames=spec.num_frames,
+        num_classes=spec.num_classes,
+        **spec.overrides,
     ).eval()
 
 
@@ -224,9 +241,16 @@ def export_timesformer(spec: TimeSformerSpec, cache: Path, network=None) -> Expo
                 stale.unlink(missing_ok=True)
         network = network if network is not None else build_network(spec)
         export_onnx(
-            network, fp32, class_names=class_names(spec.num_classes), num_frames=spec.num_frames,
-            image_size=spec.image_size, clip_seconds=spec.clip_seconds, mean=MEAN, std=STD,
-            opset=DEFAULT_OPSET, description=f"benchmark: random-weight TimeSformer {spec.label}",
+            network,
+            fp32,
+            class_names=class_names(spec.num_classes),
+            num_frames=spec.num_frames,
+            image_size=spec.image_size,
+            clip_seconds=spec.clip_seconds,
+            mean=MEAN,
+            std=STD,
+            opset=DEFAULT_OPSET,
+            description=f"benchmark: random-weight TimeSformer {spec.label}",
         )
     if not int8.exists():
         scratch = int8.with_name(f".{int8.name}.tmp")
@@ -273,8 +297,14 @@ def export_float_network(spec: TimeSformerSpec, cache: Path, network=None) -> Pa
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (example,), str(scratch), dynamo=False, input_names=["frames"],
-            output_names=["scores"], opset_version=DEFAULT_OPSET, do_constant_folding=True,
+            module,
+            (example,),
+            str(scratch),
+            dynamo=False,
+            input_names=["frames"],
+            output_names=["scores"],
+            opset_version=DEFAULT_OPSET,
+            do_constant_folding=True,
         )
     scratch.replace(path)
     return path

@@ -78,10 +78,17 @@ def _run(argvs: list[list[str]], timeout_s: float) -> tuple[float, float, float]
 
     start = time.perf_counter()
     procs = [
-        subprocess.Popen(argv, cwd=ROOT, env=stream_env(), stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=stream_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for argv in argvs
-    ]  # fmt: skip
+    ]
     handles = [psutil.Process(p.pid) for p in procs]
     cpu: dict[int, float] = {}
     peak = 0.0
@@ -113,7 +120,9 @@ def _run(argvs: list[list[str]], timeout_s: float) -> tuple[float, float, float]
     return wall, peak, sum(cpu.values()) / (wall * (os.cpu_count() or 1))
 
 
-def run_setup(bench: Bench, video: Path, streams: int, *, one_process: bool, seconds: float) -> SetupRun:
+def run_setup(
+    bench: Bench, video: Path, streams: int, *, one_process: bool, seconds: float
+) -> SetupRun:
     model = demo_model()
     common = ["--model", str(model), "--realtime", "--no-display"]
     names = [f"cam{k}" for k in range(streams)]
@@ -126,7 +135,16 @@ def run_setup(bench: Bench, video: Path, streams: int, *, one_process: bool, sec
     else:
         files = [bench.work / f"multi-{streams}x1-{k}.jsonl" for k in range(streams)]
         argvs = [
-            [sys.executable, "-m", "stream", *common, "--events", str(f), "--source", f"{name}={video}"]
+            [
+                sys.executable,
+                "-m",
+                "stream",
+                *common,
+                "--events",
+                str(f),
+                "--source",
+                f"{name}={video}",
+            ]
             for name, f in zip(names, files, strict=True)
         ]
     wall, rss, cpu = _run(argvs, timeout_s=seconds * 4 + 120)
@@ -144,7 +162,9 @@ def run(bench: Bench) -> SectionResult:
     counts = p.multistream_counts
     with bench.task(TITLE, 1 + 2 * len(counts)) as advance:
         advance(0, "encoding the 640x480 video")
-        video = synthetic_video(bench.cache, seconds, SIZE if p.name != "smoke" else p.video_size, FPS)
+        video = synthetic_video(
+            bench.cache, seconds, SIZE if p.name != "smoke" else p.video_size, FPS
+        )
         advance(1)
         runs: list[tuple[SetupRun, SetupRun]] = []
         for n in counts:
@@ -157,65 +177,123 @@ def run(bench: Bench) -> SectionResult:
     rows = []
     for one, many in runs:
         for r in (one, many) if one is not many else (one,):
-            rows.append([
-                r.streams, r.layout,
-                f"{r.median('model_fps'):.2f}", f"{r.total_predictions_per_s:.1f}",
-                f"{r.median('latency_ms_p95'):.0f}", f"{r.median('fps'):.1f}",
-                f"{int(sum(s['dropped_frames'] for s in r.per_stream))}",
-                f"{r.rss_mib_peak:.0f}", f"{r.cpu_share * 100:.0f}%",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    r.streams,
+                    r.layout,
+                    f"{r.median('model_fps'):.2f}",
+                    f"{r.total_predictions_per_s:.1f}",
+                    f"{r.median('latency_ms_p95'):.0f}",
+                    f"{r.median('fps'):.1f}",
+                    f"{int(sum(s['dropped_frames'] for s in r.per_stream))}",
+                    f"{r.rss_mib_peak:.0f}",
+                    f"{r.cpu_share * 100:.0f}%",
+                ]
+            )
     result.data = {
         "seconds": seconds,
         "runs": [
-            {"streams": r.streams, "layout": r.layout, "wall_s": r.wall_s, "rss_mib_peak": r.rss_mib_peak,
-             "cpu_share": r.cpu_share, "summaries": r.per_stream}
-            for pair in runs for r in (pair if pair[0] is not pair[1] else pair[:1])
+            {
+                "streams": r.streams,
+                "layout": r.layout,
+                "wall_s": r.wall_s,
+                "rss_mib_peak": r.rss_mib_peak,
+                "cpu_share": r.cpu_share,
+                "summaries": r.per_stream,
+            }
+            for pair in runs
+            for r in (pair if pair[0] is not pair[1] else pair[:1])
         ],
-    }  # fmt: skip
+    }
     largest_one, largest_many = runs[-1]
     n = largest_one.streams
     held = largest_one.median("fps")
     rate = largest_one.median("model_fps")
     p95 = largest_one.median("latency_ms_p95")
     result.targets += [
-        Target(f"{n} streams in one process: capture held", f"{FPS:.0f} fps each (within 5%)",
-               f"{held:.1f} fps (median stream)", held >= 0.95 * FPS,
-               "" if held >= 0.95 * FPS else "decoding 8 streams saturates the 2 cores"),
-        Target(f"{n} streams in one process: predictions per stream", ">= 4/s", f"{rate:.2f}/s",
-               rate >= 4.0, "" if rate >= 4.0 else "the cores are shared with decoding"),
-        Target(f"{n} streams in one process: p95 latency", "<= 300 ms", f"{p95:.0f} ms", p95 <= 300,
-               "" if p95 <= 300 else "batches wait for decoding threads on a saturated CPU"),
-    ]  # fmt: skip
+        Target(
+            f"{n} streams in one process: capture held",
+            f"{FPS:.0f} fps each (within 5%)",
+            f"{held:.1f} fps (median stream)",
+            held >= 0.95 * FPS,
+            "" if held >= 0.95 * FPS else "decoding 8 streams saturates the 2 cores",
+        ),
+        Target(
+            f"{n} streams in one process: predictions per stream",
+            ">= 4/s",
+            f"{rate:.2f}/s",
+            rate >= 4.0,
+            "" if rate >= 4.0 else "the cores are shared with decoding",
+        ),
+        Target(
+            f"{n} streams in one process: p95 latency",
+            "<= 300 ms",
+            f"{p95:.0f} ms",
+            p95 <= 300,
+            "" if p95 <= 300 else "batches wait for decoding threads on a saturated CPU",
+        ),
+    ]
     if largest_many is not largest_one:
         gain = largest_one.total_predictions_per_s / largest_many.total_predictions_per_s
         many_p95 = largest_many.median("latency_ms_p95")
         rss_ratio = largest_one.rss_mib_peak / largest_many.rss_mib_peak
         result.targets += [
-            Target(f"{n} streams: one process / {n} processes, total predictions/s", ">= 1.5x",
-                   f"{gain:.2f}x", gain >= 1.5, "" if gain >= 1.5 else "see the table"),
-            Target(f"{n} streams: p95, one process vs {n} processes", "equal or lower",
-                   f"{p95:.0f} vs {many_p95:.0f} ms", p95 <= many_p95, ""),
-            Target(f"{n} streams: RSS, one process / {n} processes", "<= 0.5x", f"{rss_ratio:.2f}x",
-                   rss_ratio <= 0.5, ""),
-        ]  # fmt: skip
-        result.headline.append((
-            f"{n} --realtime 640x480 streams, demo model: one process vs {n} processes",
-            f"{largest_one.total_predictions_per_s:.0f} vs {largest_many.total_predictions_per_s:.0f} "
-            f"predictions/s, p95 {p95:.0f} vs {many_p95:.0f} ms, RSS {largest_one.rss_mib_peak:.0f} vs "
-            f"{largest_many.rss_mib_peak:.0f} MiB, capture {held:.1f} fps per stream",
-        ))  # fmt: skip
-    result.body = "\n".join([
-        f"What: N copies of a {SIZE[0]}x{SIZE[1]} {FPS:.0f} fps synthetic video ({seconds:g} s), each "
-        "played as a live camera (`--realtime`), with the committed demo model "
-        "(`stream/models/demo.onnx`), headless, `--events` only. "
-        "*One process*: `epic-stream --source cam0=V --source cam1=V ...` (one session, batches of "
-        "up to N). *N processes*: N `epic-stream --source V` at once. RSS: peak of the sum over the "
-        "processes, sampled every 0.5 s; CPU: their user+system seconds over wall time x cores. "
-        "Per-stream figures are medians over the streams.",
-        "",
-        md_table(["streams", "layout", "predictions/s per stream", "total predictions/s", "p95 latency ms",
-                  "capture fps per stream", "dropped frames", "RSS MiB", "CPU"], rows),
-    ])  # fmt: skip
+            Target(
+                f"{n} streams: one process / {n} processes, total predictions/s",
+                ">= 1.5x",
+                f"{gain:.2f}x",
+                gain >= 1.5,
+                "" if gain >= 1.5 else "see the table",
+            ),
+            Target(
+                f"{n} streams: p95, one process vs {n} processes",
+                "equal or lower",
+                f"{p95:.0f} vs {many_p95:.0f} ms",
+                p95 <= many_p95,
+                "",
+            ),
+            Target(
+                f"{n} streams: RSS, one process / {n} processes",
+                "<= 0.5x",
+                f"{rss_ratio:.2f}x",
+                rss_ratio <= 0.5,
+                "",
+            ),
+        ]
+        result.headline.append(
+            (
+                f"{n} --realtime 640x480 streams, demo model: one process vs {n} processes",
+                f"{largest_one.total_predictions_per_s:.0f} vs {largest_many.total_predictions_per_s:.0f} "
+                f"predictions/s, p95 {p95:.0f} vs {many_p95:.0f} ms, RSS {largest_one.rss_mib_peak:.0f} vs "
+                f"{largest_many.rss_mib_peak:.0f} MiB, capture {held:.1f} fps per stream",
+            )
+        )
+    result.body = "\n".join(
+        [
+            f"What: N copies of a {SIZE[0]}x{SIZE[1]} {FPS:.0f} fps synthetic video ({seconds:g} s), each "
+            "played as a live camera (`--realtime`), with the committed demo model "
+            "(`stream/models/demo.onnx`), headless, `--events` only. "
+            "*One process*: `epic-stream --source cam0=V --source cam1=V ...` (one session, batches of "
+            "up to N). *N processes*: N `epic-stream --source V` at once. RSS: peak of the sum over the "
+            "processes, sampled every 0.5 s; CPU: their user+system seconds over wall time x cores. "
+            "Per-stream figures are medians over the streams.",
+            "",
+            md_table(
+                [
+                    "streams",
+                    "layout",
+                    "predictions/s per stream",
+                    "total predictions/s",
+                    "p95 latency ms",
+                    "capture fps per stream",
+                    "dropped frames",
+                    "RSS MiB",
+                    "CPU",
+                ],
+                rows,
+            ),
+        ]
+    )
     result.figures.append(_plot(bench, runs))
     return result
 
@@ -225,16 +303,23 @@ def _plot(bench: Bench, runs: list[tuple[SetupRun, SetupRun]]) -> str:
     ns = [one.streams for one, _ in runs]
     for layout, pick, colour in (("one process", 0, "tab:blue"), ("N processes", 1, "tab:orange")):
         chosen = [pair[pick] for pair in runs]
-        axes[0].plot(ns, [r.total_predictions_per_s for r in chosen], "o-", color=colour, label=layout)
-        axes[1].plot(ns, [r.median("latency_ms_p95") for r in chosen], "o-", color=colour, label=layout)
+        axes[0].plot(
+            ns, [r.total_predictions_per_s for r in chosen], "o-", color=colour, label=layout
+        )
+        axes[1].plot(
+            ns, [r.median("latency_ms_p95") for r in chosen], "o-", color=colour, label=layout
+        )
         axes[2].plot(ns, [r.rss_mib_peak for r in chosen], "o-", color=colour, label=layout)
     axes[1].axhline(300, color="grey", linestyle="--", linewidth=1, label="goal: 300 ms")
-    for ax, title in zip(axes, ("total predictions/s", "p95 latency, ms", "RSS, MiB (all processes)"),
-                         strict=True):  # fmt: skip
+    for ax, title in zip(
+        axes, ("total predictions/s", "p95 latency, ms", "RSS, MiB (all processes)"), strict=True
+    ):
         ax.set_xlabel("streams")
         ax.set_xticks(ns)
         ax.set_title(title)
         ax.set_ylim(bottom=0)
         ax.legend()
-    fig.suptitle("--realtime 640x480 streams with the demo model: one shared session vs a process each")
+    fig.suptitle(
+        "--realtime 640x480 streams with the demo model: one shared session vs a process each"
+    )
     return save_figure(bench, fig, "multistream.png")

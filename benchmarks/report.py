@@ -15,11 +15,17 @@ SHARED_ABOVE = 0.10
 
 def machine_table(machine: dict[str, Any]) -> str:
     rows = [
-        ["CPU", f"{machine['cpu']} ({machine['physical_cores']} physical / {machine['logical_cores']} logical cores)"],
+        [
+            "CPU",
+            f"{machine['cpu']} ({machine['physical_cores']} physical / {machine['logical_cores']} logical cores)",
+        ],
         ["RAM", f"{machine['ram_gib']} GiB"],
         ["OS", machine["os"]],
         ["Python", machine["python"]],
-        ["torch / onnxruntime / onnx", f"{machine['torch']} / {machine['onnxruntime']} / {machine['onnx']}"],
+        [
+            "torch / onnxruntime / onnx",
+            f"{machine['torch']} / {machine['onnxruntime']} / {machine['onnx']}",
+        ],
         ["OpenCV / numpy", f"{machine['opencv']} / {machine['numpy']}"],
         ["ORT providers listed", ", ".join(machine["ort_providers_listed"]) or "none"],
         ["Provider used", machine["provider_used"]],
@@ -75,18 +81,34 @@ def render(
         "",
     ]
     headline = [[figure, value] for s in sections for figure, value in s.headline]
-    lines += [md_table(["figure", "median [min–max]"], headline) if headline else "No figures.", "",
-              "## Targets", ""]
+    lines += [
+        md_table(["figure", "median [min–max]"], headline) if headline else "No figures.",
+        "",
+        "## Targets",
+        "",
+    ]
     target_rows = []
     for section in sections:
         for t in section.targets:
-            target_rows.append([section.title.split(":")[0], t.name, t.goal, t.measured, t.verdict,
-                                t.cause or ""])
+            target_rows.append(
+                [section.title.split(":")[0], t.name, t.goal, t.measured, t.verdict, t.cause or ""]
+            )
         if section.error:
-            target_rows.append([section.title.split(":")[0], "(section failed)", "", "", "**error**",
-                                section.error.splitlines()[0]])
-    lines.append(md_table(["section", "target", "goal", "measured", "verdict", "cause"], target_rows)
-                 if target_rows else "No targets were evaluated.")
+            target_rows.append(
+                [
+                    section.title.split(":")[0],
+                    "(section failed)",
+                    "",
+                    "",
+                    "**error**",
+                    section.error.splitlines()[0],
+                ]
+            )
+    lines.append(
+        md_table(["section", "target", "goal", "measured", "verdict", "cause"], target_rows)
+        if target_rows
+        else "No targets were evaluated."
+    )
     for section in sections:
         load = ""
         if section.others is not None:
@@ -104,7 +126,10 @@ def render(
 
 
 def write(
-    out_dir: Path, profile: Profile, machine: dict[str, Any], sections: list[SectionResult],
+    out_dir: Path,
+    profile: Profile,
+    machine: dict[str, Any],
+    sections: list[SectionResult],
     total_s: float,
 ) -> Path:
     out_dir = Path(out_dir)
@@ -115,12 +140,20 @@ def write(
         "machine": machine,
         "total_s": total_s,
         "sections": {
-            s.key: {"title": s.title, "seconds": s.seconds, "load": s.load, "others_cpu": s.others,
-                    "error": s.error,
-                    "targets": [t.__dict__ for t in s.targets], "headline": s.headline,
-                    "data": s.data}
+            s.key: {
+                "title": s.title,
+                "seconds": s.seconds,
+                "load": s.load,
+                "others_cpu": s.others,
+                "error": s.error,
+                "targets": [t.__dict__ for t in s.targets],
+                "headline": s.headline,
+                "data": s.data,
+            }
             for s in sections
         },
     }
-    (out_dir / "results.json").write_text(json.dumps(raw, indent=1, default=str) + "\n", encoding="utf-8")
+    (out_dir / "results.json").write_text(
+        json.dumps(raw, indent=1, default=str) + "\n", encoding="utf-8"
+    )
     return path

@@ -1,8 +1,8 @@
 """``make bench``: run the benchmark sections and write benchmarks/RESULTS.md with its plots.
 
-    python -m benchmarks.run            # quick: about 7 minutes on a 2-core CPU (cold cache: +3)
-    python -m benchmarks.run --full     # everything: all presets and sizes, the 10-minute soak
-    python -m benchmarks.run --only latency memory
+python -m benchmarks.run            # quick: about 7 minutes on a 2-core CPU (cold cache: +3)
+python -m benchmarks.run --full     # everything: all presets and sizes, the 10-minute soak
+python -m benchmarks.run --only latency memory
 """
 
 from __future__ import annotations
@@ -73,17 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
         "the original project's loop, memory, GPU) and write RESULTS.md with plots.",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--full", action="store_true",
-                      help="everything: all presets and sizes, more runs, the 10-minute memory soak")
-    mode.add_argument("--smoke", action="store_true",
-                      help="tiny sizes, seconds per section: checks the harness works (figures meaningless)")
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), metavar="SECTION",
-                        help=f"run only these sections ({', '.join(SECTIONS)})")
-    parser.add_argument("--output", type=Path,
-                        help="where RESULTS.md, results.json and the plots go (default: benchmarks/; "
-                        "with --smoke a temporary folder)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help=f"exported models and encoded videos, reused between runs (default {DEFAULT_CACHE})")
+    mode.add_argument(
+        "--full",
+        action="store_true",
+        help="everything: all presets and sizes, more runs, the 10-minute memory soak",
+    )
+    mode.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, seconds per section: checks the harness works (figures meaningless)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(SECTIONS),
+        metavar="SECTION",
+        help=f"run only these sections ({', '.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where RESULTS.md, results.json and the plots go (default: benchmarks/; "
+        "with --smoke a temporary folder)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"exported models and encoded videos, reused between runs (default {DEFAULT_CACHE})",
+    )
     return parser
 
 
@@ -105,14 +123,21 @@ def run_section(bench: Bench, key: str) -> SectionResult:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     profile = PROFILES["full" if args.full else "smoke" if args.smoke else "quick"]
-    out = args.output or (Path(tempfile.mkdtemp(prefix="epic-bench-smoke-")) if args.smoke else BENCH_DIR)
+    out = args.output or (
+        Path(tempfile.mkdtemp(prefix="epic-bench-smoke-")) if args.smoke else BENCH_DIR
+    )
     keys = args.only or list(SECTIONS)
     console = Console(stderr=True)
     started = time.perf_counter()
     machine = machine_info()
     results: list[SectionResult] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         bench = Bench(profile, out, args.cache, progress)
         overall = progress.add_task(f"make bench ({profile.name})", total=len(keys))
@@ -129,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.close()
     path = report.write(out, profile, machine, results, time.perf_counter() - started)
     failed = [r.title for r in results if r.error]
-    missed = [f"{r.title.split(':')[0]}: {t.name}" for r in results for t in r.targets if t.met is False]
+    missed = [
+        f"{r.title.split(':')[0]}: {t.name}" for r in results for t in r.targets if t.met is False
+    ]
     console.print(f"Wrote {path} ({(time.perf_counter() - started) / 60:.1f} min).")
     if missed:
         console.print("Targets missed (causes in RESULTS.md): " + "; ".join(missed))

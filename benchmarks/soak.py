@@ -106,11 +106,15 @@ class SoakResult:
         if self.threads[0] != self.threads[1]:
             found.append(f"threads went from {self.threads[0]} to {self.threads[1]}")
         if self.rss_growth_mib > rss_growth_limit_mib:
-            found.append(f"RSS grew {self.rss_growth_mib:.1f} MiB along its trend "
-                         f"({self.rss_slope_mib_per_min:+.2f} MiB/min)")  # fmt: skip
+            found.append(
+                f"RSS grew {self.rss_growth_mib:.1f} MiB along its trend "
+                f"({self.rss_slope_mib_per_min:+.2f} MiB/min)"
+            )
         if self.rss_max_mib - self.rss_start_mib > 2 * rss_growth_limit_mib:
-            found.append(f"RSS peaked {self.rss_max_mib - self.rss_start_mib:.1f} MiB above its "
-                         "post-warm-up start")  # fmt: skip
+            found.append(
+                f"RSS peaked {self.rss_max_mib - self.rss_start_mib:.1f} MiB above its "
+                "post-warm-up start"
+            )
         return found
 
     def figures(self) -> str:
@@ -123,13 +127,16 @@ class SoakResult:
         )
 
 
-def synthetic_video(path: Path, seconds: float, size: tuple[int, int] = (320, 240),
-                    fps: float = 30.0) -> Path:  # fmt: skip
+def synthetic_video(
+    path: Path, seconds: float, size: tuple[int, int] = (320, 240), fps: float = 30.0
+) -> Path:
     """A textured picture panning sideways with a red block crossing it: every frame differs,
     so decoding, the model and the recording's encoder all do real work."""
     width, height = size
     rng = np.random.default_rng(0)
-    texture = cv2.GaussianBlur(rng.integers(0, 256, (height, 2 * width, 3), dtype=np.uint8), (0, 0), 3)
+    texture = cv2.GaussianBlur(
+        rng.integers(0, 256, (height, 2 * width, 3), dtype=np.uint8), (0, 0), 3
+    )
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
@@ -138,15 +145,26 @@ def synthetic_video(path: Path, seconds: float, size: tuple[int, int] = (320, 24
         x = (4 * i) % width
         frame = np.ascontiguousarray(texture[:, x : x + width])
         left = (7 * i) % (width - block)
-        cv2.rectangle(frame, (left, height // 2 - block // 2), (left + block, height // 2 + block // 2),
-                      (0, 0, 255), -1)  # fmt: skip
+        cv2.rectangle(
+            frame,
+            (left, height // 2 - block // 2),
+            (left + block, height // 2 + block // 2),
+            (0, 0, 255),
+            -1,
+        )
         writer.write(frame)
     writer.release()
     return path
 
 
-def soak_model(path: Path, *, num_frames: int = 8, image_size: int = 64, classes: int = 10,
-               clip_seconds: float = 1.0) -> Path:  # fmt: skip
+def soak_model(
+    path: Path,
+    *,
+    num_frames: int = 8,
+    image_size: int = 64,
+    classes: int = 10,
+    clip_seconds: float = 1.0,
+) -> Path:
     """A small model under the epic-stream contract: per-frame colour means through a linear
     layer and a softmax (a few microseconds a clip; the soak is about the pipeline)."""
     import onnx
@@ -165,16 +183,22 @@ def soak_model(path: Path, *, num_frames: int = 8, image_size: int = 64, classes
         helper.make_node("MatMul", ["unit", "w"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
     ]
-    inits = [numpy_helper.from_array(weights, "w"),
-             numpy_helper.from_array(np.array(255.0, np.float32), "scale")]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(weights, "w"),
+        numpy_helper.from_array(np.array(255.0, np.float32), "scale"),
+    ]
     model = helper.make_model(
         helper.make_graph(nodes, "soak", [frames], [scores], inits),
         opset_imports=[helper.make_opsetid("", 17)],
     )
     model.ir_version = 8
-    meta = {"class_names": json.dumps([f"action {i}" for i in range(classes)]),
-            "clip_seconds": repr(float(clip_seconds)), "num_frames": str(num_frames),
-            "image_size": str(image_size), "description": "soak test model"}  # fmt: skip
+    meta = {
+        "class_names": json.dumps([f"action {i}" for i in range(classes)]),
+        "clip_seconds": repr(float(clip_seconds)),
+        "num_frames": str(num_frames),
+        "image_size": str(image_size),
+        "description": "soak test model",
+    }
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -208,12 +232,31 @@ def run_soak(
         video = synthetic_video(work / "soak.mp4", duration_s + STARTUP_SLACK_S, size, fps)
         model = model or soak_model(work / "soak.onnx")
         events = work / "soak.jsonl"
-        argv = [sys.executable, "-m", "stream", "--source", str(video), "--model", str(model),
-                "--realtime", "--record", str(work / "soak-out.mp4"), "--events", str(events),
-                "--no-display", *extra_args]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "stream",
+            "--source",
+            str(video),
+            "--model",
+            str(model),
+            "--realtime",
+            "--record",
+            str(work / "soak-out.mp4"),
+            "--events",
+            str(events),
+            "--no-display",
+            *extra_args,
+        ]
         samples: list[SoakSample] = []
-        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             child = psutil.Process(proc.pid)
             start = time.monotonic()
@@ -221,8 +264,12 @@ def run_soak(
             while proc.poll() is None and time.monotonic() - start < duration_s:
                 try:
                     with child.oneshot():
-                        sample = SoakSample(time.monotonic() - start, child.memory_info().rss / MIB,
-                                            child.num_fds(), child.num_threads())  # fmt: skip
+                        sample = SoakSample(
+                            time.monotonic() - start,
+                            child.memory_info().rss / MIB,
+                            child.num_fds(),
+                            child.num_threads(),
+                        )
                 except psutil.NoSuchProcess:
                     break
                 samples.append(sample)
@@ -243,19 +290,27 @@ def run_soak(
             if lines:
                 last = json.loads(lines[-1])
                 summary = last if last.get("type") == "summary" else None
-        return SoakResult(duration_s, warmup_s, tuple(samples), proc.returncode, summary,
-                          err[-2000:])  # fmt: skip
+        return SoakResult(
+            duration_s, warmup_s, tuple(samples), proc.returncode, summary, err[-2000:]
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds to stream (default 600)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--duration", type=float, default=600.0, help="seconds to stream (default 600)"
+    )
     parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, help="seconds not judged")
     args = parser.parse_args(argv)
 
     def show(sample: SoakSample) -> None:
-        print(f"{sample.t_s:6.0f} s  RSS {sample.rss_mib:7.1f} MiB  fds {sample.fds:3d}  "
-              f"threads {sample.threads:3d}", flush=True)  # fmt: skip
+        print(
+            f"{sample.t_s:6.0f} s  RSS {sample.rss_mib:7.1f} MiB  fds {sample.fds:3d}  "
+            f"threads {sample.threads:3d}",
+            flush=True,
+        )
 
     result = run_soak(args.duration, warmup_s=args.warmup, progress=show)
     print(result.figures())

@@ -44,7 +44,9 @@ from export.triton import write_triton_repo
 from stream.contract import load_contract
 from stream.triton_client import open_triton
 
-TITLE = "10. Triton: the gRPC hop per clip, and 8 streams from one box or from four sharing the server"
+TITLE = (
+    "10. Triton: the gRPC hop per clip, and 8 streams from one box or from four sharing the server"
+)
 FPS = 30.0
 SIZE = (640, 480)
 
@@ -72,16 +74,23 @@ def _server(bench: Bench, model: Path, name: str):
 
     contract = load_contract(model)
     model_dir = write_triton_repo(
-        model, bench.work / "repo", name=name, num_frames=contract.num_frames,
-        image_size=contract.image_size, class_names=contract.class_names,
-        clip_seconds=contract.clip_seconds or 0.0, instance="cpu",
-    )  # fmt: skip
+        model,
+        bench.work / "repo",
+        name=name,
+        num_frames=contract.num_frames,
+        image_size=contract.image_size,
+        class_names=contract.class_names,
+        clip_seconds=contract.clip_seconds or 0.0,
+        instance="cpu",
+    )
     return TritonServer(model_dir, workdir=bench.work / f"server-{name}").start()
 
 
 def _hop(bench: Bench, size: int, runs: int) -> tuple[Stats, Stats, int]:
     """Local and Triton ms per clip for the dial model at 8 x size; the server's executions."""
-    model = write_dial(bench.work / f"dial-8x{size}.onnx", 1, num_frames=8, image_size=size, clip_seconds=1.0)
+    model = write_dial(
+        bench.work / f"dial-8x{size}.onnx", 1, num_frames=8, image_size=size, clip_seconds=1.0
+    )
     clip = random_clip(8, size)
     session = cpu_session(model)
     feed = {"frames": clip}
@@ -114,7 +123,9 @@ class BoxesRun:
 
     @property
     def label(self) -> str:
-        return f"{self.processes} process{'es' if self.processes > 1 else ''} x {self.streams} streams"
+        return (
+            f"{self.processes} process{'es' if self.processes > 1 else ''} x {self.streams} streams"
+        )
 
     def median(self, key: str) -> float:
         return float(np.median([s[key] for s in self.summaries if s.get(key) is not None]))
@@ -124,14 +135,27 @@ class BoxesRun:
         return float(sum(s["predictions"] / s["wall_s"] for s in self.summaries))
 
 
-def _boxes(bench: Bench, server, video: Path, processes: int, streams: int, seconds: float) -> BoxesRun:
+def _boxes(
+    bench: Bench, server, video: Path, processes: int, streams: int, seconds: float
+) -> BoxesRun:
     model = demo_model()
     before = server.metrics()
     argvs, files = [], []
     for p in range(processes):
         events = bench.work / f"triton-{processes}x{streams}-{p}.jsonl"
-        argv = [sys.executable, "-m", "stream", "--model", str(model), "--realtime", "--no-display",
-                "--server", f"grpc://127.0.0.1:{server.grpc_port}", "--events", str(events)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "stream",
+            "--model",
+            str(model),
+            "--realtime",
+            "--no-display",
+            "--server",
+            f"grpc://127.0.0.1:{server.grpc_port}",
+            "--events",
+            str(events),
+        ]
         for s in range(streams):
             argv += ["--source", f"box{p}cam{s}={video}"]
         argvs.append(argv)
@@ -146,9 +170,15 @@ def _boxes(bench: Bench, server, video: Path, processes: int, streams: int, seco
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     return BoxesRun(
-        processes, streams, wall, rss, summaries, delta("nv_inference_request_success"),
-        delta("nv_inference_count"), delta("nv_inference_exec_count"),
-    )  # fmt: skip
+        processes,
+        streams,
+        wall,
+        rss,
+        summaries,
+        delta("nv_inference_request_success"),
+        delta("nv_inference_count"),
+        delta("nv_inference_exec_count"),
+    )
 
 
 def run(bench: Bench) -> SectionResult:
@@ -174,62 +204,112 @@ def run(bench: Bench) -> SectionResult:
             server.stop()
 
     hop_rows = [
-        [f"8x{size}", f"{8 * size * size * 3 / 1e6:.2f} MB", local.fmt(2), remote.fmt(2),
-         f"{remote.median - local.median:.2f}"]
+        [
+            f"8x{size}",
+            f"{8 * size * size * 3 / 1e6:.2f} MB",
+            local.fmt(2),
+            remote.fmt(2),
+            f"{remote.median - local.median:.2f}",
+        ]
         for size, local, remote, _ in hops
-    ]  # fmt: skip
+    ]
     box_rows = [
-        [b.label, f"{b.total_predictions_per_s:.1f}", f"{b.median('model_fps'):.2f}",
-         f"{b.median('latency_ms_p95'):.0f}", f"{b.median('fps'):.1f}", f"{b.requests:.0f}",
-         f"{b.clips:.0f}", f"{b.executions:.0f}",
-         f"{b.clips / b.executions:.2f}" if b.executions else "--", f"{b.rss_mib_peak:.0f}"]
+        [
+            b.label,
+            f"{b.total_predictions_per_s:.1f}",
+            f"{b.median('model_fps'):.2f}",
+            f"{b.median('latency_ms_p95'):.0f}",
+            f"{b.median('fps'):.1f}",
+            f"{b.requests:.0f}",
+            f"{b.clips:.0f}",
+            f"{b.executions:.0f}",
+            f"{b.clips / b.executions:.2f}" if b.executions else "--",
+            f"{b.rss_mib_peak:.0f}",
+        ]
         for b in boxes
-    ]  # fmt: skip
+    ]
     result.data = {
         "hop": [
             {"size": size, "local_ms": local.as_json(), "triton_ms": remote.as_json()}
             for size, local, remote, _ in hops
         ],
         "boxes": [
-            {"processes": b.processes, "streams": b.streams, "wall_s": b.wall_s, "requests": b.requests,
-             "clips": b.clips, "executions": b.executions, "rss_mib_peak": b.rss_mib_peak,
-             "summaries": b.summaries}
+            {
+                "processes": b.processes,
+                "streams": b.streams,
+                "wall_s": b.wall_s,
+                "requests": b.requests,
+                "clips": b.clips,
+                "executions": b.executions,
+                "rss_mib_peak": b.rss_mib_peak,
+                "summaries": b.summaries,
+            }
             for b in boxes
         ],
-    }  # fmt: skip
+    }
     for size, local, remote, _ in hops:
-        result.headline.append((
-            f"Triton over gRPC vs a local session, 8x{size} clip (CPU)",
-            f"{remote.median:.1f} vs {local.median:.1f} ms: the hop costs {remote.median - local.median:.1f} ms",
-        ))  # fmt: skip
+        result.headline.append(
+            (
+                f"Triton over gRPC vs a local session, 8x{size} clip (CPU)",
+                f"{remote.median:.1f} vs {local.median:.1f} ms: the hop costs {remote.median - local.median:.1f} ms",
+            )
+        )
     merged = all(b.executions < b.requests for b in boxes if b.processes > 1)
     result.targets += [
-        Target("several processes share one server: merged executions",
-               "nv_inference_exec_count < nv_inference_request_success",
-               "; ".join(f"{b.label}: {b.executions:.0f} < {b.requests:.0f}" for b in boxes if b.processes > 1),
-               merged, "" if merged else "the requests did not overlap; see the table"),
-        Target("GPU figures (the onnxruntime backend, TensorRT fp16)", "measured on a GPU server",
-               "no GPU lent to this machine", None, "no GPU here"),
-    ]  # fmt: skip
-    result.body = "\n".join([
-        "What: the real tritonserver 2.51 from PyTriton 0.7 (CPU only), on 127.0.0.1, with the model "
-        "in ONNX Runtime inside Triton's Python backend (PyTriton bundles no onnxruntime backend) and "
-        "the dynamic batcher `epic-export --triton-repo --triton-instance cpu` configures. No GPU "
-        "figures: no GPU is lent to this machine.",
-        "",
-        f"**The hop**: a one-layer dial model, batch 1, {plan.runs} runs each, median (min-max). "
-        "Triton's time is `TritonRunner.timed_run` (request, server, answer); the difference is what "
-        "moving a clip to a server costs on one machine, before any network.",
-        "",
-        md_table(["clip", "uint8 size", "local session ms", "Triton gRPC ms", "hop ms"], hop_rows),
-        "",
-        f"**Boxes sharing a server**: {plan.video_size[0]}x{plan.video_size[1]} {FPS:.0f} fps "
-        f"synthetic video ({plan.seconds:g} s) per stream as a live camera (`--realtime`), the demo "
-        "model on the server. Per-stream figures are medians over the streams; Triton's counts are "
-        "the metrics' increase over the run (clips per execution: the mean batch the model ran).",
-        "",
-        md_table(["layout", "total predictions/s", "predictions/s per stream", "p95 latency ms",
-                  "capture fps", "requests", "clips", "executions", "clips per execution",
-                  "RSS MiB (clients)"], box_rows),
-    ])  # fmt: skip
+        Target(
+            "several processes share one server: merged executions",
+            "nv_inference_exec_count < nv_inference_request_success",
+            "; ".join(
+                f"{b.label}: {b.executions:.0f} < {b.requests:.0f}"
+                for b in boxes
+                if b.processes > 1
+            ),
+            merged,
+            "" if merged else "the requests did not overlap; see the table",
+        ),
+        Target(
+            "GPU figures (the onnxruntime backend, TensorRT fp16)",
+            "measured on a GPU server",
+            "no GPU lent to this machine",
+            None,
+            "no GPU here",
+        ),
+    ]
+    result.body = "\n".join(
+        [
+            "What: the real tritonserver 2.51 from PyTriton 0.7 (CPU only), on 127.0.0.1, with the model "
+            "in ONNX Runtime inside Triton's Python backend (PyTriton bundles no onnxruntime backend) and "
+            "the dynamic batcher `epic-export --triton-repo --triton-instance cpu` configures. No GPU "
+            "figures: no GPU is lent to this machine.",
+            "",
+            f"**The hop**: a one-layer dial model, batch 1, {plan.runs} runs each, median (min-max). "
+            "Triton's time is `TritonRunner.timed_run` (request, server, answer); the difference is what "
+            "moving a clip to a server costs on one machine, before any network.",
+            "",
+            md_table(
+                ["clip", "uint8 size", "local session ms", "Triton gRPC ms", "hop ms"], hop_rows
+            ),
+            "",
+            f"**Boxes sharing a server**: {plan.video_size[0]}x{plan.video_size[1]} {FPS:.0f} fps "
+            f"synthetic video ({plan.seconds:g} s) per stream as a live camera (`--realtime`), the demo "
+            "model on the server. Per-stream figures are medians over the streams; Triton's counts are "
+            "the metrics' increase over the run (clips per execution: the mean batch the model ran).",
+            "",
+            md_table(
+                [
+                    "layout",
+                    "total predictions/s",
+                    "predictions/s per stream",
+                    "p95 latency ms",
+                    "capture fps",
+                    "requests",
+                    "clips",
+                    "executions",
+                    "clips per execution",
+                    "RSS MiB (clients)",
+                ],
+                box_rows,
+            ),
+        ]
+    )
     return result

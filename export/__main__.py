@@ -20,54 +20,122 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a TimeSformer checkpoint (epic-train .ckpt, official .pyth, or a state "
         "dict) to one ONNX file that epic-stream runs: uint8 BGR frames in, softmax scores out.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="the .ckpt, .pyth or state-dict file")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="the .ckpt, .pyth or state-dict file"
+    )
     parser.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument(
-        "--class-names", metavar="FILE",
+        "--class-names",
+        metavar="FILE",
         help="JSON dict name->id, JSON list, or text with one name a line "
         "(default: the names epic-train stored; else class_0 ...)",
     )
-    parser.add_argument("--num-frames", type=int, metavar="T", help="frames per clip (default: the checkpoint's)")
-    parser.add_argument("--image-size", type=int, metavar="S", help="frame size S (default: the checkpoint's)")
     parser.add_argument(
-        "--num-heads", type=int, metavar="H",
+        "--num-frames", type=int, metavar="T", help="frames per clip (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--image-size", type=int, metavar="S", help="frame size S (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        metavar="H",
         help="attention heads, which the weights cannot show (default: as stored by epic-train; "
         "else embed dim / 64, as every TimeSformer and ViT preset)",
     )
     parser.add_argument(
-        "--clip-seconds", type=float, metavar="X",
+        "--clip-seconds",
+        type=float,
+        metavar="X",
         help="source time from a clip's first frame to its last (default: as stored by epic-train; "
         "else the reference's 8x32 sampling at 30 fps)",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
-                        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        metavar="N",
+        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})",
+    )
     precision = parser.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_const", dest="precision", const=Precision.FP16,
-                           help="write a float16 model (for GPUs)")
-    precision.add_argument("--int8", action="store_const", dest="precision", const=Precision.INT8,
-                           help="write a dynamically quantized int8 model (for CPUs)")
-    parser.add_argument("--mean", type=float, nargs="+", metavar="M",
-                        help="RGB mean, one value or three (default: stored, else 0.45)")
-    parser.add_argument("--std", type=float, nargs="+", metavar="S",
-                        help="RGB std, one value or three (default: stored, else 0.225)")
-    parser.add_argument("--triton-repo", metavar="DIR",
-                        help="also write a Triton model repository: DIR/NAME/1/model.onnx, config.pbtxt")
-    parser.add_argument("--name", help="the model's name in the Triton repository (default: output stem)")
-    parser.add_argument("--triton-max-batch", type=int, default=8, metavar="N",
-                        help="Triton max_batch_size (default 8); the dynamic batcher prefers N/2 and N")
-    parser.add_argument("--triton-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US, metavar="US",
-                        help="how long a request may wait for others to batch with "
-                        f"(default {DEFAULT_QUEUE_DELAY_US} us)")
-    parser.add_argument("--triton-instance", choices=[k.value for k in InstanceKind], default="gpu",
-                        help="where the model instance runs: gpu (KIND_GPU, default) or cpu (KIND_CPU, "
-                        "for a server without a GPU)")
-    parser.add_argument("--triton-tensorrt", action="store_true",
-                        help="let the server's ONNX Runtime run the model through TensorRT in fp16 "
-                        "(GPU servers; the first load builds the engine)")
-    parser.add_argument("--check-clips", type=int, default=3, metavar="N",
-                        help="random clips to compare ONNX Runtime with torch on, at least 3 (default 3)")
-    parser.add_argument("--timing-runs", type=int, default=5, metavar="N",
-                        help="ONNX Runtime runs to time, median reported (default 5)")
+    precision.add_argument(
+        "--fp16",
+        action="store_const",
+        dest="precision",
+        const=Precision.FP16,
+        help="write a float16 model (for GPUs)",
+    )
+    precision.add_argument(
+        "--int8",
+        action="store_const",
+        dest="precision",
+        const=Precision.INT8,
+        help="write a dynamically quantized int8 model (for CPUs)",
+    )
+    parser.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        metavar="M",
+        help="RGB mean, one value or three (default: stored, else 0.45)",
+    )
+    parser.add_argument(
+        "--std",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="RGB std, one value or three (default: stored, else 0.225)",
+    )
+    parser.add_argument(
+        "--triton-repo",
+        metavar="DIR",
+        help="also write a Triton model repository: DIR/NAME/1/model.onnx, config.pbtxt",
+    )
+    parser.add_argument(
+        "--name", help="the model's name in the Triton repository (default: output stem)"
+    )
+    parser.add_argument(
+        "--triton-max-batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="Triton max_batch_size (default 8); the dynamic batcher prefers N/2 and N",
+    )
+    parser.add_argument(
+        "--triton-queue-delay-us",
+        type=int,
+        default=DEFAULT_QUEUE_DELAY_US,
+        metavar="US",
+        help="how long a request may wait for others to batch with "
+        f"(default {DEFAULT_QUEUE_DELAY_US} us)",
+    )
+    parser.add_argument(
+        "--triton-instance",
+        choices=[k.value for k in InstanceKind],
+        default="gpu",
+        help="where the model instance runs: gpu (KIND_GPU, default) or cpu (KIND_CPU, "
+        "for a server without a GPU)",
+    )
+    parser.add_argument(
+        "--triton-tensorrt",
+        action="store_true",
+        help="let the server's ONNX Runtime run the model through TensorRT in fp16 "
+        "(GPU servers; the first load builds the engine)",
+    )
+    parser.add_argument(
+        "--check-clips",
+        type=int,
+        default=3,
+        metavar="N",
+        help="random clips to compare ONNX Runtime with torch on, at least 3 (default 3)",
+    )
+    parser.add_argument(
+        "--timing-runs",
+        type=int,
+        default=5,
+        metavar="N",
+        help="ONNX Runtime runs to time, median reported (default 5)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.set_defaults(precision=Precision.FP32)
     return parser
@@ -77,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     err = Console(stderr=True)
     logging.basicConfig(
-        level=logging.WARNING, format="%(message)s",
+        level=logging.WARNING,
+        format="%(message)s",
         handlers=[RichHandler(console=err, show_time=False, show_path=False)],
     )
     try:
@@ -86,13 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         from export.report import render_report
 
         report = export_checkpoint(
-            args.checkpoint, args.output, class_names_file=args.class_names,
-            num_frames=args.num_frames, image_size=args.image_size, num_heads=args.num_heads, clip_seconds=args.clip_seconds,
-            mean=args.mean, std=args.std, opset=args.opset, precision=args.precision,
-            triton_repo=args.triton_repo, name=args.name, triton_max_batch_size=args.triton_max_batch,
-            triton_instance=args.triton_instance, triton_tensorrt=args.triton_tensorrt,
+            args.checkpoint,
+            args.output,
+            class_names_file=args.class_names,
+            num_frames=args.num_frames,
+            image_size=args.image_size,
+            num_heads=args.num_heads,
+            clip_seconds=args.clip_seconds,
+            mean=args.mean,
+            std=args.std,
+            opset=args.opset,
+            precision=args.precision,
+            triton_repo=args.triton_repo,
+            name=args.name,
+            triton_max_batch_size=args.triton_max_batch,
+            triton_instance=args.triton_instance,
+            triton_tensorrt=args.triton_tensorrt,
             triton_queue_delay_us=args.triton_queue_delay_us,
-            check_clips=args.check_clips, timing_runs=args.timing_runs, step=lambda message: err.status(message),
+            check_clips=args.check_clips,
+            timing_runs=args.timing_runs,
+            step=lambda message: err.status(message),
         )
     except EpicError as exc:
         if args.debug:

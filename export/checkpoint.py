@@ -112,7 +112,9 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-def _describe(checkpoint: Path, kind: str, arch: dict, mean, std, opset: int, precision: Precision) -> str:
+def _describe(
+    checkpoint: Path, kind: str, arch: dict, mean, std, opset: int, precision: Precision
+) -> str:
     attention = getattr(arch["attention_type"], "value", arch["attention_type"])
     return (
         f"TimeSformer {attention} (embed {arch['embed_dim']}, depth {arch['depth']}, "
@@ -166,8 +168,11 @@ def export_checkpoint(
     checkpoint, output = Path(checkpoint), Path(output)
     precision = Precision(precision)
     onnx_export.check_opset(opset)
-    for flag, value in (("--num-frames", num_frames), ("--image-size", image_size),
-                        ("--num-heads", num_heads)):
+    for flag, value in (
+        ("--num-frames", num_frames),
+        ("--image-size", image_size),
+        ("--num-heads", num_heads),
+    ):
         if value is not None and value < 1:
             raise OptionError(f"{flag} must be a positive integer, got {value}")
     if clip_seconds is not None and clip_seconds < 0:
@@ -175,7 +180,9 @@ def export_checkpoint(
     flag_mean = _triple(mean, "--mean") if mean is not None else None
     flag_std = _triple(std, "--std") if std is not None else None
     if check_clips < 3:
-        raise OptionError(f"--check-clips must be at least 3 (batch 1, then batch 2), got {check_clips}")
+        raise OptionError(
+            f"--check-clips must be at least 3 (batch 1, then batch 2), got {check_clips}"
+        )
     if timing_runs < 1:
         raise OptionError(f"--timing-runs must be at least 1, got {timing_runs}")
     if triton_max_batch_size < 1:
@@ -194,12 +201,20 @@ def export_checkpoint(
             checkpoint, num_frames=num_frames, image_size=image_size, num_heads=num_heads
         )
     arch, hparams = loaded.arch, loaded.hparams
-    num_classes, frames, size = int(arch["num_classes"]), int(arch["num_frames"]), int(arch["img_size"])
+    num_classes, frames, size = (
+        int(arch["num_classes"]),
+        int(arch["num_frames"]),
+        int(arch["img_size"]),
+    )
     if num_classes < 1:
-        raise ExportError(f"{checkpoint}: the model has no classification head, so no scores to export")
+        raise ExportError(
+            f"{checkpoint}: the model has no classification head, so no scores to export"
+        )
     if loaded.missing_keys:
         # Weights the checkpoint lacks would be served at their random init.
-        shown = ", ".join(loaded.missing_keys[:4]) + (" ..." if len(loaded.missing_keys) > 4 else "")
+        shown = ", ".join(loaded.missing_keys[:4]) + (
+            " ..." if len(loaded.missing_keys) > 4 else ""
+        )
         raise ExportError(
             f"{checkpoint} ({loaded.kind}) lacks {len(loaded.missing_keys)} of the model's weights "
             f"({shown}); export a fine-tuned TimeSformer checkpoint, e.g. epic-train's best .ckpt"
@@ -227,7 +242,9 @@ def export_checkpoint(
         span = float(clip_seconds)
         sources["clip_seconds"] = "--clip-seconds"
         if stored_clip is not None and abs(float(stored_clip) - span) > 1e-6:
-            warn(f"--clip-seconds {span:g} overrides the {float(stored_clip):g} s the model was trained with")
+            warn(
+                f"--clip-seconds {span:g} overrides the {float(stored_clip):g} s the model was trained with"
+            )
     elif stored_clip is not None:
         span = float(stored_clip)
         sources["clip_seconds"] = "checkpoint"
@@ -257,8 +274,13 @@ def export_checkpoint(
 
     description = _describe(checkpoint, loaded.kind, arch, use_mean, use_std, opset, precision)
     metadata = onnx_export.contract_metadata(
-        class_names=names, clip_seconds=span, num_frames=frames, image_size=size,
-        mean=use_mean, std=use_std, description=description,
+        class_names=names,
+        clip_seconds=span,
+        num_frames=frames,
+        image_size=size,
+        mean=use_mean,
+        std=use_std,
+        description=description,
     )
     kind = loaded.kind
     contract_model = onnx_export.prepare_model(loaded.model, use_mean, use_std, copy_model=False)
@@ -270,8 +292,15 @@ def export_checkpoint(
         target = final if precision is Precision.FP32 else fp32_path
         with step(f"Exporting to ONNX opset {opset} and checking against torch"):
             verified = onnx_export.write_verified(
-                contract_model, target, metadata=metadata, class_names=names, num_frames=frames,
-                image_size=size, clip_seconds=span, opset=opset, check_clips=check_clips,
+                contract_model,
+                target,
+                metadata=metadata,
+                class_names=names,
+                num_frames=frames,
+                image_size=size,
+                clip_seconds=span,
+                opset=opset,
+                check_clips=check_clips,
             )
         parity.append(verified.parity)
         contract = verified.contract
@@ -294,16 +323,33 @@ def export_checkpoint(
     if triton_repo is not None:
         with step("Writing the Triton model repository"):
             triton_dir = write_triton_repo(
-                output, Path(triton_repo), name=name, num_frames=frames, image_size=size,
-                class_names=names, clip_seconds=span, max_batch_size=triton_max_batch_size,
-                instance=triton_instance, tensorrt=triton_tensorrt,
+                output,
+                Path(triton_repo),
+                name=name,
+                num_frames=frames,
+                image_size=size,
+                class_names=names,
+                clip_seconds=span,
+                max_batch_size=triton_max_batch_size,
+                instance=triton_instance,
+                tensorrt=triton_tensorrt,
                 max_queue_delay_us=triton_queue_delay_us,
             )
 
     return ExportReport(
-        checkpoint=checkpoint, kind=kind, arch=dict(arch),
-        output=output, precision=precision, graph=onnx_export.describe_onnx(output),
-        contract=contract, sources=sources, mean=tuple(use_mean), std=tuple(use_std),
-        parity=tuple(parity), ms_per_clip=timings, seconds=time.perf_counter() - started,
-        triton_dir=triton_dir, warnings=tuple(notes),
+        checkpoint=checkpoint,
+        kind=kind,
+        arch=dict(arch),
+        output=output,
+        precision=precision,
+        graph=onnx_export.describe_onnx(output),
+        contract=contract,
+        sources=sources,
+        mean=tuple(use_mean),
+        std=tuple(use_std),
+        parity=tuple(parity),
+        ms_per_clip=timings,
+        seconds=time.perf_counter() - started,
+        triton_dir=triton_dir,
+        warnings=tuple(notes),
     )

@@ -86,7 +86,9 @@ def read_class_names(path: str | Path) -> list[str]:
         raise ClassNamesError(f"{where}: class names must not be empty")
     duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicates:
-        raise ClassNamesError(f"{where}: class names must be unique; repeated: {', '.join(duplicates[:5])}")
+        raise ClassNamesError(
+            f"{where}: class names must be unique; repeated: {', '.join(duplicates[:5])}"
+        )
     return names
 
 

@@ -104,12 +104,16 @@ def check_writable(path: Path, what: str = "output") -> None:
     """Fail in seconds, before a long export, if ``path`` cannot be written."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{what} {path} is a directory; give a file path such as {path / 'model.onnx'}")
+        raise OutputError(
+            f"{what} {path} is a directory; give a file path such as {path / 'model.onnx'}"
+        )
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the folder for {what} {path}: {exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot create the folder for {what} {path}: {exc.strerror or exc}"
+        ) from None
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{what} {path} exists and is not writable")
     try:
@@ -167,7 +171,9 @@ def describe_onnx(path: Path) -> GraphInfo:
         size_bytes=Path(path).stat().st_size,
         opset=opset,
         inputs=tuple(
-            TensorInfo(v.name, _dtype(v), _dims(v)) for v in proto.graph.input if v.name not in initializers
+            TensorInfo(v.name, _dtype(v), _dims(v))
+            for v in proto.graph.input
+            if v.name not in initializers
         ),
         outputs=tuple(TensorInfo(v.name, _dtype(v), _dims(v)) for v in proto.graph.output),
     )
@@ -178,7 +184,9 @@ def _check_signature(proto: onnx.ModelProto, num_frames: int, image_size: int) -
     inputs = [v for v in proto.graph.input if v.name == INPUT_NAME]
     outputs = [v for v in proto.graph.output if v.name == OUTPUT_NAME]
     if not inputs or not outputs:
-        raise ExportError(f"the exported graph lacks input '{INPUT_NAME}' or output '{OUTPUT_NAME}'")
+        raise ExportError(
+            f"the exported graph lacks input '{INPUT_NAME}' or output '{OUTPUT_NAME}'"
+        )
     frames, scores = _dims(inputs[0]), _dims(outputs[0])
     if not isinstance(frames[0], str) or not isinstance(scores[0], str):
         raise ExportError(
@@ -186,11 +194,15 @@ def _check_signature(proto: onnx.ModelProto, num_frames: int, image_size: int) -
             "the contract needs a dynamic batch dimension"
         )
     if frames[1:] != (num_frames, image_size, image_size, 3):
-        raise ExportError(f"the exported input has shape {list(frames)}, expected [batch, {num_frames}, "
-                          f"{image_size}, {image_size}, 3]")
+        raise ExportError(
+            f"the exported input has shape {list(frames)}, expected [batch, {num_frames}, "
+            f"{image_size}, {image_size}, 3]"
+        )
 
 
-def trace_to_onnx(model: nn.Module, *, num_frames: int, image_size: int, opset: int) -> onnx.ModelProto:
+def trace_to_onnx(
+    model: nn.Module, *, num_frames: int, image_size: int, opset: int
+) -> onnx.ModelProto:
     """torch -> ONNX proto with a symbolic batch dimension named 'batch'."""
     example = torch.zeros(2, num_frames, image_size, image_size, 3, dtype=torch.uint8)
     buffer = io.BytesIO()
@@ -210,7 +222,9 @@ def trace_to_onnx(model: nn.Module, *, num_frames: int, image_size: int, opset: 
             )
     except Exception as exc:  # the exporter raises many unrelated types for one cause
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"torch could not export the model to ONNX opset {opset}: {first}") from exc
+        raise ExportError(
+            f"torch could not export the model to ONNX opset {opset}: {first}"
+        ) from exc
     proto = onnx.load_model_from_string(buffer.getvalue())
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if written != opset:
@@ -218,7 +232,9 @@ def trace_to_onnx(model: nn.Module, *, num_frames: int, image_size: int, opset: 
     return proto
 
 
-def open_session(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+def open_session(
+    path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -253,7 +269,9 @@ def torch_scores(model: nn.Module, clips: np.ndarray, batches: Sequence[int]) ->
     return np.concatenate(out)
 
 
-def session_scores(session: ort.InferenceSession, clips: np.ndarray, batches: Sequence[int]) -> np.ndarray:
+def session_scores(
+    session: ort.InferenceSession, clips: np.ndarray, batches: Sequence[int]
+) -> np.ndarray:
     out, start = [], 0
     for size in batches:
         out.append(session.run([OUTPUT_NAME], {INPUT_NAME: clips[start : start + size]})[0])
@@ -261,7 +279,9 @@ def session_scores(session: ort.InferenceSession, clips: np.ndarray, batches: Se
     return np.concatenate(out).astype(np.float32)
 
 
-def compare(precision: str, reference: np.ndarray, scores: np.ndarray, batches: Sequence[int]) -> Parity:
+def compare(
+    precision: str, reference: np.ndarray, scores: np.ndarray, batches: Sequence[int]
+) -> Parity:
     return Parity(
         precision=precision,
         batches=tuple(batches),
@@ -271,7 +291,11 @@ def compare(precision: str, reference: np.ndarray, scores: np.ndarray, batches: 
 
 
 def time_session(
-    session: ort.InferenceSession, clip: np.ndarray, *, runs: int = 5, budget_s: float = 10.0,
+    session: ort.InferenceSession,
+    clip: np.ndarray,
+    *,
+    runs: int = 5,
+    budget_s: float = 10.0,
     warm_up: bool = True,
 ) -> float:
     """Median ms per batch-1 clip; stops early once ``budget_s`` is spent.
@@ -291,16 +315,23 @@ def time_session(
 
 
 def validate_contract(
-    session: ort.InferenceSession, path: Path, *, class_names: Sequence[str], num_frames: int,
-    image_size: int, clip_seconds: float,
+    session: ort.InferenceSession,
+    path: Path,
+    *,
+    class_names: Sequence[str],
+    num_frames: int,
+    image_size: int,
+    clip_seconds: float,
 ) -> ModelContract:
     """stream/'s own validator must accept the file and read back exactly what was written."""
     contract = read_contract(session, path)
     expected = (tuple(class_names), num_frames, image_size, float(clip_seconds))
     got = (contract.class_names, contract.num_frames, contract.image_size, contract.clip_seconds)
     if got != expected:
-        raise ContractError(f"{path}: the contract reads back {got[1:]} and {len(got[0])} names, "
-                            f"expected {expected[1:]} and {len(expected[0])} names")
+        raise ContractError(
+            f"{path}: the contract reads back {got[1:]} and {len(got[0])} names, "
+            f"expected {expected[1:]} and {len(expected[0])} names"
+        )
     return contract
 
 
@@ -357,7 +388,11 @@ def write_verified(
             f"> {PARITY_TOLERANCE:.0e} (batches {list(batches)}); the export is not kept"
         )
     contract = validate_contract(
-        session, path, class_names=class_names, num_frames=num_frames, image_size=image_size,
+        session,
+        path,
+        class_names=class_names,
+        num_frames=num_frames,
+        image_size=image_size,
         clip_seconds=clip_seconds,
     )
     return VerifiedExport(path, contract, parity, clips, reference, session)
@@ -423,13 +458,24 @@ def export_onnx(
     check_writable(output)
     contract_model = prepare_model(model, mean, std)
     metadata = contract_metadata(
-        class_names=class_names, clip_seconds=clip_seconds, num_frames=num_frames,
-        image_size=image_size, mean=mean, std=std, description=description,
+        class_names=class_names,
+        clip_seconds=clip_seconds,
+        num_frames=num_frames,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        description=description,
     )
     with staged(output) as tmp:
         write_verified(
-            contract_model, tmp, metadata=metadata, class_names=class_names, num_frames=num_frames,
-            image_size=image_size, clip_seconds=clip_seconds, opset=opset,
+            contract_model,
+            tmp,
+            metadata=metadata,
+            class_names=class_names,
+            num_frames=num_frames,
+            image_size=image_size,
+            clip_seconds=clip_seconds,
+            opset=opset,
         )
     return output
 
@@ -505,8 +551,11 @@ def write_variant(
     scores = session_scores(session, verified.clips, batches)
     parity = compare(precision.value, verified.reference, scores, batches)
     contract = validate_contract(
-        session, target, class_names=verified.contract.class_names,
-        num_frames=verified.contract.num_frames, image_size=verified.contract.image_size,
+        session,
+        target,
+        class_names=verified.contract.class_names,
+        num_frames=verified.contract.num_frames,
+        image_size=verified.contract.image_size,
         clip_seconds=verified.contract.clip_seconds,
     )
     return parity, contract, session

@@ -29,7 +29,9 @@ def _values(values: tuple[float, ...]) -> str:
 def render_report(report: ExportReport) -> Table:
     c, arch = report.contract, report.arch
     attention = getattr(arch["attention_type"], "value", arch["attention_type"])
-    table = Table(title=Text(f"epic-export: {report.output}"), show_header=False, title_justify="left")
+    table = Table(
+        title=Text(f"epic-export: {report.output}"), show_header=False, title_justify="left"
+    )
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
 

@@ -30,7 +30,9 @@ class InstanceKind(str, Enum):
     CPU = "cpu"  # KIND_CPU: a CPU-only server (Triton refuses KIND_GPU without a GPU)
 
 
-def check_triton_options(instance: InstanceKind | str, tensorrt: bool, max_queue_delay_us: int) -> InstanceKind:
+def check_triton_options(
+    instance: InstanceKind | str, tensorrt: bool, max_queue_delay_us: int
+) -> InstanceKind:
     """Raise :class:`OptionError` for a combination the server would refuse; the instance kind."""
     try:
         instance = InstanceKind(instance)
@@ -59,9 +61,16 @@ def check_model_name(name: str) -> str:
 
 
 def triton_config(
-    *, name: str, num_frames: int, image_size: int, num_classes: int,
-    max_batch_size: int = DEFAULT_MAX_BATCH, max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instance: InstanceKind | str = InstanceKind.GPU, tensorrt: bool = False, comment: str = "",
+    *,
+    name: str,
+    num_frames: int,
+    image_size: int,
+    num_classes: int,
+    max_batch_size: int = DEFAULT_MAX_BATCH,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instance: InstanceKind | str = InstanceKind.GPU,
+    tensorrt: bool = False,
+    comment: str = "",
 ) -> str:
     """config.pbtxt text: the contract's tensors as Triton sees them (the batch axis is implicit),
     the instance group, the dynamic batcher and, with ``tensorrt``, ONNX Runtime's TensorRT
@@ -69,7 +78,9 @@ def triton_config(
     instance = check_triton_options(instance, tensorrt, max_queue_delay_us)
     header = "".join(f"# {line}\n" for line in comment.splitlines())
     preferred = preferred_batch_sizes(max_batch_size)
-    preferred_line = f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
+    preferred_line = (
+        f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
+    )
     accelerator = (
         """optimization {
   execution_accelerators {
@@ -142,15 +153,25 @@ def write_triton_repo(
         f"probabilities over {len(class_names)} classes."
     )
     config = triton_config(
-        name=name, num_frames=num_frames, image_size=image_size, num_classes=len(class_names),
-        max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us, instance=instance,
-        tensorrt=tensorrt, comment=comment,
+        name=name,
+        num_frames=num_frames,
+        image_size=image_size,
+        num_classes=len(class_names),
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        instance=instance,
+        tensorrt=tensorrt,
+        comment=comment,
     )
     try:
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path, model_dir / "1" / "model.onnx")
-        (model_dir / LABELS_FILE).write_text("".join(f"{n}\n" for n in class_names), encoding="utf-8")
+        (model_dir / LABELS_FILE).write_text(
+            "".join(f"{n}\n" for n in class_names), encoding="utf-8"
+        )
         (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
     except OSError as exc:
-        raise OutputError(f"cannot write the Triton repository {model_dir}: {exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot write the Triton repository {model_dir}: {exc.strerror or exc}"
+        ) from None
     return model_dir

@@ -37,7 +37,9 @@ def frame_labels(events: list[dict], num_frames: int) -> list[str | None]:
     )
     for here, nxt in zip(predictions, [*predictions[1:], None], strict=True):
         stop = nxt["frame_index"] if nxt else num_frames
-        labels[here["frame_index"] : stop] = [here["smoothed"]["label"]] * (stop - here["frame_index"])
+        labels[here["frame_index"] : stop] = [here["smoothed"]["label"]] * (
+            stop - here["frame_index"]
+        )
     return labels
 
 
@@ -76,8 +78,13 @@ def score(truth: dict, events: list[dict]) -> tuple[Table, float]:
         if label != IDLE:
             action_right, action_total = action_right + hits, action_total + len(span)
         style = "green" if majority == label else "red"
-        table.add_row(label, f"{first / fps:.1f}", f"{(last + 1) / fps:.1f}",
-                      f"[{style}]{majority}[/]", f"{hits}/{len(span)} ({hits / len(span):.0%})")
+        table.add_row(
+            label,
+            f"{first / fps:.1f}",
+            f"{(last + 1) / fps:.1f}",
+            f"[{style}]{majority}[/]",
+            f"{hits}/{len(span)} ({hits / len(span):.0%})",
+        )
     accuracy = right / n if n else 0.0
     table.caption = (
         f"frame accuracy of the smoothed label over all {n} frames, idle included: "
@@ -92,7 +99,9 @@ def predicted_segments(summary: dict) -> Table:
     for col in ("label", "start s", "end s", "mean score"):
         table.add_column(col, justify="left" if col == "label" else "right")
     for seg in summary["segments"]:
-        table.add_row(seg["label"], f"{seg['start_s']:.1f}", f"{seg['end_s']:.1f}", f"{seg['score']:.2f}")
+        table.add_row(
+            seg["label"], f"{seg['start_s']:.1f}", f"{seg['end_s']:.1f}", f"{seg['score']:.2f}"
+        )
     return table
 
 
@@ -103,8 +112,9 @@ def truth_at(truth: dict, frame: int) -> str:
     return "idle"
 
 
-def write_pictures(video: Path, truth: dict, gif: Path, strip: Path, *, width: int = 256,
-                   every_s: float = 0.25) -> None:
+def write_pictures(
+    video: Path, truth: dict, gif: Path, strip: Path, *, width: int = 256, every_s: float = 0.25
+) -> None:
     """An animated GIF (4 frames a second of video) and a strip of 8 frames of the recording,
     each with the ground truth written under it."""
     from PIL import Image  # pillow comes with the train extra (matplotlib, torchvision)
@@ -121,32 +131,55 @@ def write_pictures(video: Path, truth: dict, gif: Path, strip: Path, *, width: i
             h, w = frame.shape[:2]
             small = cv2.resize(frame, (width, round(h * width / w)), interpolation=cv2.INTER_AREA)
             band = np.zeros((22, width, 3), np.uint8)
-            cv2.putText(band, f"truth: {truth_at(truth, index)}", (6, 16), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.45, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(
+                band,
+                f"truth: {truth_at(truth, index)}",
+                (6, 16),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
             frames.append(np.vstack([small, band]))
         index += 1
     cap.release()
     if not frames:
         raise EpicError(f"{video} holds no frames to draw")
     images = [Image.fromarray(cv2.cvtColor(f, cv2.COLOR_BGR2RGB)) for f in frames]
-    images[0].save(gif, save_all=True, append_images=images[1:], duration=round(1000 * every_s),
-                   loop=0, optimize=True)
+    images[0].save(
+        gif,
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 * every_s),
+        loop=0,
+        optimize=True,
+    )
     picks = np.linspace(0, len(frames) - 1, 8).round().astype(int)
-    row1, row2 = np.hstack([frames[i] for i in picks[:4]]), np.hstack([frames[i] for i in picks[4:]])
+    row1, row2 = (
+        np.hstack([frames[i] for i in picks[:4]]),
+        np.hstack([frames[i] for i in picks[4:]]),
+    )
     cv2.imwrite(str(strip), np.vstack([row1, row2]))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="ONNX model (default: epic-stream's demo model)")
+    parser.add_argument(
+        "--model", default=None, help="ONNX model (default: epic-stream's demo model)"
+    )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the demo's outputs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-display", action="store_true")
     # The test video is 14 fps and the demo model runs a clip in ~10 ms: a prediction for every
     # frame costs nothing, and it keeps the smoothed label close behind the 1.5 s idle stretches
     # (epic-stream's default, about 4 a second, is every 4th frame here).
-    parser.add_argument("--every", type=int, default=1,
-                        help="epic-stream --every: one prediction every N frames (default 1)")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="epic-stream --every: one prediction every N frames (default 1)",
+    )
     return parser
 
 
@@ -154,14 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    video, record, events_path = out / "demo_input.mp4", out / "demo_out.mp4", out / "demo_events.jsonl"
+    video, record, events_path = (
+        out / "demo_input.mp4",
+        out / "demo_out.mp4",
+        out / "demo_events.jsonl",
+    )
     started = time.monotonic()
     try:
         with console.status("rendering the test video (unseen backgrounds and objects)"):
             render_sequence_video(video, seed=args.seed)
         truth = json.loads(video.with_suffix(".mp4.json").read_text())
-        console.print(f"[bold]1.[/] test video {video}: {len(truth['segments'])} actions, "
-                      f"{truth['frames']} frames at {truth['fps']:g} fps")
+        console.print(
+            f"[bold]1.[/] test video {video}: {len(truth['segments'])} actions, "
+            f"{truth['frames']} frames at {truth['fps']:g} fps"
+        )
         command = ["--source", str(video), "--record", str(record), "--events", str(events_path)]
         command += ["--every", str(args.every)]
         if args.model:

@@ -45,7 +45,9 @@ def frame_at(video: Path, index: int) -> np.ndarray | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo-multi", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_multi"), help="folder for the outputs")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo_multi"), help="folder for the outputs"
+    )
     parser.add_argument("--picture", type=Path, default=None, help="where the grid picture goes")
     args = parser.parse_args(argv)
     out: Path = args.out
@@ -58,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             render_sequence_video(video, sequence, seed=10 + k, idle_seconds=1.0)
             videos.append(video)
     events = out / "events.jsonl"
-    command = ["--record", str(out / "{stream}.mp4"), "--events", str(events), "--realtime", "--no-display"]
+    command = [
+        "--record",
+        str(out / "{stream}.mp4"),
+        "--events",
+        str(events),
+        "--realtime",
+        "--no-display",
+    ]
     for name, video in zip(STREAMS, videos, strict=True):
         command += ["--source", f"{name}={video}"]
     console.print(f"epic-stream {' '.join(command)}")
@@ -71,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column, justify="left" if column in ("stream", "segments") else "right")
     for summary in (line for line in lines if line["type"] == "summary"):
         segments = ", ".join(s["label"] for s in summary["segments"] if s["label"] != "no action")
-        table.add_row(summary["stream"], str(summary["frames"]), str(summary["predictions"]),
-                      f"{summary['latency_ms_p95']:.0f}", f"{summary['fps']:.1f}", segments)  # fmt: skip
+        table.add_row(
+            summary["stream"],
+            str(summary["frames"]),
+            str(summary["predictions"]),
+            f"{summary['latency_ms_p95']:.0f}",
+            f"{summary['fps']:.1f}",
+            segments,
+        )
     console.print(table)
     recordings = [out / f"{name}.mp4" for name in STREAMS]
     counts = [int(cv2.VideoCapture(str(r)).get(cv2.CAP_PROP_FRAME_COUNT)) for r in recordings]
@@ -80,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     grid = compose_grid([frame_at(r, moment) for r in recordings])
     picture = args.picture or out / "demo_multi_grid.png"
     cv2.imwrite(str(picture), grid)
-    console.print(f"wrote {', '.join(map(str, recordings))}, {events} and {picture} in "
-                  f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    console.print(
+        f"wrote {', '.join(map(str, recordings))}, {events} and {picture} in "
+        f"{time.monotonic() - started:.0f} s"
+    )
     return 0
 
 

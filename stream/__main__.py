@@ -93,15 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         "With several streams the path must contain {stream}, e.g. 'out/{stream}.mp4'",
     )
     parser.add_argument(
-        "--events", type=Path, metavar="OUT.jsonl",
+        "--events",
+        type=Path,
+        metavar="OUT.jsonl",
         help="write the events as JSON lines: predictions, segments as they close, stats, then a "
         "summary line per stream (every line names its stream); '-' writes them to stdout (all "
         "other output then goes to stderr); SIGHUP reopens the file (logrotate)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--no-display", dest="display", action="store_false",
+        "--no-display",
+        dest="display",
+        action="store_false",
         help="never open a window (without a display the run is headless anyway)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--realtime",
         action="store_true",
@@ -117,26 +121,34 @@ def build_parser() -> argparse.ArgumentParser:
         "hysteresis: change only when the last --window labels agree; none (default: ema)",
     )
     smoothing.add_argument(
-        "--tau", type=float, metavar="SECONDS", dest="tau_s",
+        "--tau",
+        type=float,
+        metavar="SECONDS",
+        dest="tau_s",
         help=f"ema: time constant in seconds of video; each prediction weighs 1 - exp(-dt/tau), "
         f"so the label behaves alike at any prediction rate (default {DEFAULT_TAU_S:g})",
-    )  # fmt: skip
+    )
     smoothing.add_argument(
-        "--alpha", type=float,
+        "--alpha",
+        type=float,
         help="ema: a fixed weight of the newest prediction, in (0, 1], instead of --tau (counts "
         f"predictions; {DEFAULT_ALPHA} at 4 predictions/s is the default --tau's feel)",
-    )  # fmt: skip
+    )
     smoothing.add_argument(
-        "--window-s", type=float, metavar="SECONDS", dest="window_s",
+        "--window-s",
+        type=float,
+        metavar="SECONDS",
+        dest="window_s",
         help=f"vote and hysteresis: the window in seconds of video (default {DEFAULT_WINDOW_S:g} "
         f"for vote, {DEFAULT_HYSTERESIS_WINDOW_S:g} for hysteresis)",
-    )  # fmt: skip
+    )
     smoothing.add_argument(
-        "--window", type=int,
+        "--window",
+        type=int,
         help=f"vote and hysteresis: the window in predictions instead of seconds (e.g. "
         f"{DEFAULT_WINDOW} for vote, {DEFAULT_HYSTERESIS_WINDOW} for hysteresis: the defaults' "
         "feel at 4 predictions/s)",
-    )  # fmt: skip
+    )
     smoothing.add_argument(
         "--min-score",
         type=float,
@@ -151,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. 8 at 30 fps, 15 at 60 fps)",
     )
     parser.add_argument(
-        "--top-k", type=int, default=5, metavar="K",
+        "--top-k",
+        type=int,
+        default=5,
+        metavar="K",
         help="classes in the overlay's bar chart (default 5)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--device",
         choices=[d.value for d in Device],
@@ -170,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         "then epic-stream/tensorrt)",
     )
     parser.add_argument(
-        "--threads", type=int, default=0, metavar="N",
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
         help="ONNX Runtime intra-op threads (default 0: its own choice)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--reconnect",
         type=int,
@@ -241,10 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults to --model's file stem, the name epic-export --triton-repo gives it",
     )
     server.add_argument(
-        "--server-timeout", type=float, default=DEFAULT_SERVER_TIMEOUT_S, metavar="S",
+        "--server-timeout",
+        type=float,
+        default=DEFAULT_SERVER_TIMEOUT_S,
+        metavar="S",
         help="seconds each request may take before the server counts as lost "
         f"(default {DEFAULT_SERVER_TIMEOUT_S:g})",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--stall-s",
         type=float,
@@ -262,13 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1; another host needs --serve-token)",
     )
     serve.add_argument(
-        "--serve-token", metavar="TOKEN",
+        "--serve-token",
+        metavar="TOKEN",
         help="every request must carry it: Authorization: Bearer TOKEN, or ?token=TOKEN",
-    )  # fmt: skip
+    )
     serve.add_argument(
-        "--serve-fps", type=float, default=DEFAULT_SERVE_FPS, metavar="N",
+        "--serve-fps",
+        type=float,
+        default=DEFAULT_SERVE_FPS,
+        metavar="N",
         help=f"at most N video frames a second per stream (default {DEFAULT_SERVE_FPS:g})",
-    )  # fmt: skip
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {stream.__version__}")
     return parser

@@ -132,7 +132,10 @@ class CaptureThread(threading.Thread):
             log.warning(
                 "%s: frame size changed from %dx%d to %dx%d at frame %d",
                 self.source.name,
-                self._first_size[1], self._first_size[0], image.shape[1], image.shape[0],
+                self._first_size[1],
+                self._first_size[0],
+                image.shape[1],
+                image.shape[0],
                 self.frames - 1,
-            )  # fmt: skip
+            )
             self._first_size = image.shape

@@ -169,9 +169,15 @@ class StreamChannel:
         )
         self.board = PredictionBoard(self.ring.cond)
         self.lane = Lane(
-            name, self.ring, self.board, plan.policy,
-            every=plan.every, max_rate=max_rate, trace_clips=trace_clips, on_server=self._on_server,
-        )  # fmt: skip
+            name,
+            self.ring,
+            self.board,
+            plan.policy,
+            every=plan.every,
+            max_rate=max_rate,
+            trace_clips=trace_clips,
+            on_server=self._on_server,
+        )
         self.capture = CaptureThread(
             source, self.ring, contract.image_size, self.stop_event, mode=plan.mode, name=name
         )
@@ -198,7 +204,9 @@ class StreamChannel:
         # The current --stats-every period, read and reset by the main thread.
         self._stats_lock = threading.Lock()
         self._period_latency = LatencySketch()
-        self._period_start: tuple[float, int, int, int] | None = None  # (time, frames read, predictions, dropped)
+        self._period_start: tuple[float, int, int, int] | None = (
+            None  # (time, frames read, predictions, dropped)
+        )
         # The source's state, as its events lines and the views report it; changed from the
         # capture thread (losses), the main thread (stalls) and the presenter (the end).
         self.source_state = SourceState.OPENED
@@ -300,7 +308,11 @@ class StreamChannel:
         valid = prediction.valid
         if valid and not prediction.warmup:
             self.smoothed = self.smoother.update(prediction.scores, prediction.time_s)
-        raw = top_label(prediction.scores, self.contract.class_names) if valid else Label.no_action(math.nan)
+        raw = (
+            top_label(prediction.scores, self.contract.class_names)
+            if valid
+            else Label.no_action(math.nan)
+        )
         shown = self.smoothed or Label.no_action()
         for sink in self.sinks:
             sink.prediction(prediction, raw, shown)
@@ -359,16 +371,16 @@ class StreamChannel:
         self.frames += 1
         p50, p95 = self._percentiles
         stats = StreamStats(
-                frames=self.frames,
-                predictions=self.board.count,
-                dropped_frames=self.dropped,
-                capture_fps=capture_fps,
-                model_fps=model_fps,
-                latency_ms_p50=p50,
-                latency_ms_p95=p95,
-                position_s=info.time_s,
-                notice=notice,
-            )
+            frames=self.frames,
+            predictions=self.board.count,
+            dropped_frames=self.dropped,
+            capture_fps=capture_fps,
+            model_fps=model_fps,
+            latency_ms_p50=p50,
+            latency_ms_p95=p95,
+            position_s=info.time_s,
+            notice=notice,
+        )
         self.console_view.update(stats, label, self._top)
         self._last_stats = (stats, label)
 

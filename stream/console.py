@@ -153,7 +153,9 @@ class LiveConsole:
 
     # -- updates -----------------------------------------------------------------------------------
 
-    def update(self, stats: StreamStats, label: Label, top_k: Sequence[tuple[str, float]] = ()) -> None:
+    def update(
+        self, stats: StreamStats, label: Label, top_k: Sequence[tuple[str, float]] = ()
+    ) -> None:
         """Show the latest figures; the presenter may call this on every frame."""
         self._latest = (stats, label, tuple(top_k))
         if self._progress is not None:
@@ -216,7 +218,9 @@ class LiveConsole:
                 grid.add_row("top-k", self._top_k_table(top_k))
         else:
             grid.add_row("status", Text("starting...", style="dim"))
-        panel = Panel(grid, title="epic-stream", title_align="left", border_style="blue", expand=False)
+        panel = Panel(
+            grid, title="epic-stream", title_align="left", border_style="blue", expand=False
+        )
         return panel if self._progress is None else Group(panel, self._progress)
 
     @staticmethod
@@ -226,7 +230,9 @@ class LiveConsole:
         table.add_column(width=20)
         table.add_column(justify="right")
         for name, score in top_k:
-            table.add_row(name, Bar(1.0, 0.0, max(0.0, min(score, 1.0)), color="green"), f"{score:.2f}")
+            table.add_row(
+                name, Bar(1.0, 0.0, max(0.0, min(score, 1.0)), color="green"), f"{score:.2f}"
+            )
         return table
 
 
@@ -239,7 +245,9 @@ class _StreamRow:
         self.latest: tuple[StreamStats, Label] | None = None
         self._last_log: float | None = None
 
-    def update(self, stats: StreamStats, label: Label, top_k: Sequence[tuple[str, float]] = ()) -> None:
+    def update(
+        self, stats: StreamStats, label: Label, top_k: Sequence[tuple[str, float]] = ()
+    ) -> None:
         self.latest = (stats, label)
         owner = self._owner
         if not owner.interactive and owner.started:
@@ -331,13 +339,25 @@ class StreamsConsole:
 
     def _render(self) -> RenderableType:
         table = Table(
-            title=f"epic-stream: {self.model} on {self.provider}", title_justify="left", expand=False
+            title=f"epic-stream: {self.model} on {self.provider}",
+            title_justify="left",
+            expand=False,
         )
-        for column in ("stream", "position", "capture fps", "model fps", "p95 ms", "dropped", "label"):
+        for column in (
+            "stream",
+            "position",
+            "capture fps",
+            "model fps",
+            "p95 ms",
+            "dropped",
+            "label",
+        ):
             table.add_column(column, justify="left" if column in ("stream", "label") else "right")
         for row in self.rows.values():
             if row.latest is None:
-                table.add_row(row.name, "--", "--", "--", "--", "--", Text("starting...", style="dim"))
+                table.add_row(
+                    row.name, "--", "--", "--", "--", "--", Text("starting...", style="dim")
+                )
                 continue
             stats, label = row.latest
             position = "--" if stats.position_s is None else f"{stats.position_s:.1f} s"
@@ -384,12 +404,21 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     table.add_column()
     table.add_row(
         "video label",
-        Text(f"{summary.get('video_label', '--')} ({_fmt(summary.get('video_score'))})", style="bold green"),
+        Text(
+            f"{summary.get('video_label', '--')} ({_fmt(summary.get('video_score'))})",
+            style="bold green",
+        ),
     )
     for key in ("frames", "predictions", "dropped_frames"):
         table.add_row(key.replace("_", " "), _fmt(summary.get(key)))
     shown = {
-        "type", "stream", "video_label", "video_score", "frames", "predictions", "dropped_frames",
+        "type",
+        "stream",
+        "video_label",
+        "video_score",
+        "frames",
+        "predictions",
+        "dropped_frames",
         "segments",
     }
     for key, value in summary.items():
@@ -407,7 +436,9 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     for seg in segments[:SEGMENTS_SHOWN]:
         start, end = seg.get("start_s"), seg.get("end_s")
         length = end - start if start is not None and end is not None else None
-        seg_table.add_row(str(seg.get("label")), _fmt(start), _fmt(end), _fmt(length), _fmt(seg.get("score")))
+        seg_table.add_row(
+            str(seg.get("label")), _fmt(start), _fmt(end), _fmt(length), _fmt(seg.get("score"))
+        )
     if len(segments) > SEGMENTS_SHOWN:
         seg_table.caption = f"{len(segments) - SEGMENTS_SHOWN} more segments in the events file"
     console.print(seg_table)

@@ -59,7 +59,9 @@ def _meta_int(meta: dict[str, str], key: str, where: str) -> int | None:
     return value
 
 
-def _agreeing(static: int | None, meta: int | None, key: str, shape: list, where: str) -> int | None:
+def _agreeing(
+    static: int | None, meta: int | None, key: str, shape: list, where: str
+) -> int | None:
     """The input's fixed dimension, or the metadata's value where the input leaves it open.
 
     Where both are given they must agree: a model that says one thing in its metadata and another
@@ -81,7 +83,9 @@ def read_contract(session, path: str | Path) -> ModelContract:
     inputs = {i.name: i for i in session.get_inputs()}
     if INPUT_NAME not in inputs:
         names = ", ".join(inputs) or "none"
-        raise ContractError(f"{where}: the model has no input named '{INPUT_NAME}' (it has: {names})")
+        raise ContractError(
+            f"{where}: the model has no input named '{INPUT_NAME}' (it has: {names})"
+        )
     frames = inputs[INPUT_NAME]
     if frames.type != "tensor(uint8)":
         raise ContractError(
@@ -105,7 +109,9 @@ def read_contract(session, path: str | Path) -> ModelContract:
     outputs = {o.name: o for o in session.get_outputs()}
     if OUTPUT_NAME not in outputs:
         names = ", ".join(outputs) or "none"
-        raise ContractError(f"{where}: the model has no output named '{OUTPUT_NAME}' (it has: {names})")
+        raise ContractError(
+            f"{where}: the model has no output named '{OUTPUT_NAME}' (it has: {names})"
+        )
     scores = outputs[OUTPUT_NAME]
     if len(scores.shape) != 2:
         raise ContractError(
@@ -138,7 +144,9 @@ def read_contract(session, path: str | Path) -> ModelContract:
     )
     size_h, size_w = _static_dim(shape[2]), _static_dim(shape[3])
     if size_h is not None and size_w is not None and size_h != size_w:
-        raise ContractError(f"{where}: input '{INPUT_NAME}' frames must be square, but its shape is {shape}")
+        raise ContractError(
+            f"{where}: input '{INPUT_NAME}' frames must be square, but its shape is {shape}"
+        )
     image_size = _agreeing(
         size_h or size_w, _meta_int(meta, "image_size", where), "image_size", shape, where
     )
@@ -153,18 +161,26 @@ def read_contract(session, path: str | Path) -> ModelContract:
         try:
             clip_seconds = float(meta["clip_seconds"])
         except ValueError:
-            raise ContractError(f"{where}: metadata clip_seconds={meta['clip_seconds']!r} is not a number") from None
+            raise ContractError(
+                f"{where}: metadata clip_seconds={meta['clip_seconds']!r} is not a number"
+            ) from None
         # NaN would reach math.ceil when the ring is sized; 0 would squeeze T frames into one
         # instant. Only a single-frame model's clip truly spans no time.
         least = "at least 0" if num_frames == 1 else "positive"
-        if not math.isfinite(clip_seconds) or clip_seconds < 0 or (clip_seconds == 0 and num_frames > 1):
+        if (
+            not math.isfinite(clip_seconds)
+            or clip_seconds < 0
+            or (clip_seconds == 0 and num_frames > 1)
+        ):
             raise ContractError(
                 f"{where}: metadata clip_seconds must be a finite number of seconds, {least}, "
                 f"got {meta['clip_seconds']!r}"
             )
     else:
         log.warning(
-            "%s: metadata 'clip_seconds' is missing; clips will be %d consecutive frames", where, num_frames
+            "%s: metadata 'clip_seconds' is missing; clips will be %d consecutive frames",
+            where,
+            num_frames,
         )
 
     return ModelContract(

@@ -61,8 +61,18 @@ TIME_DECIMALS = 6  # microseconds: exact enough to tell frames of a 1000 fps sou
 MS_DECIMALS = 3
 _SUMMARY_SCHEMA = frozenset(
     (
-        "type", "stream", "frames", "predictions", "dropped_frames", "video_label", "video_score",
-        "video_label_from", "invalid_predictions", "segments", "segments_total", "wall_time",
+        "type",
+        "stream",
+        "frames",
+        "predictions",
+        "dropped_frames",
+        "video_label",
+        "video_score",
+        "video_label_from",
+        "invalid_predictions",
+        "segments",
+        "segments_total",
+        "wall_time",
     )
 )
 
@@ -213,7 +223,9 @@ class EventWriter:
             try:
                 file.close()
             except OSError as exc:
-                raise OutputError(f"cannot write events file {self.path}: {exc.strerror or exc}") from exc
+                raise OutputError(
+                    f"cannot write events file {self.path}: {exc.strerror or exc}"
+                ) from exc
 
 
 class EventLog:
@@ -319,11 +331,14 @@ class EventLog:
             return
         self._write(
             {
-                "type": "source", "stream": self.stream, "state": state,
+                "type": "source",
+                "stream": self.stream,
+                "state": state,
                 "time_s": None if time_s is None else _round(time_s, TIME_DECIMALS),
-                "wall_time": wall_time(), "detail": detail,
+                "wall_time": wall_time(),
+                "detail": detail,
             }
-        )  # fmt: skip
+        )
 
     def write_server(self, state: str, wall_s: float, detail: str, outages: int) -> None:
         """Log that the inference server was lost or is back. Called on the scheduler thread, at
@@ -332,10 +347,15 @@ class EventLog:
             return  # the stream has ended; the outage is the others' news
         self._write(
             {
-                "type": "server", "stream": self.stream, "state": state, "wall_time": wall_time(),
-                "wall_s": _round(wall_s, MS_DECIMALS), "detail": detail, "outages": int(outages),
+                "type": "server",
+                "stream": self.stream,
+                "state": state,
+                "wall_time": wall_time(),
+                "wall_s": _round(wall_s, MS_DECIMALS),
+                "detail": detail,
+                "outages": int(outages),
             }
-        )  # fmt: skip
+        )
 
     def note_frame(self, frame_index: int, time_s: float, smoothed: Label | None) -> None:
         """Record the label shown on a presented frame; None (no result yet) is in no segment.
@@ -363,7 +383,9 @@ class EventLog:
             run.score_sum += smoothed.score
             run.frames += 1
 
-    def close(self, *, frames: int, dropped_frames: int, extra: dict[str, Any] | None = None) -> dict:
+    def close(
+        self, *, frames: int, dropped_frames: int, extra: dict[str, Any] | None = None
+    ) -> dict:
         """Write the summary line, close the file and return the summary; later calls return it again."""
         if self._summary is not None:
             return self._summary

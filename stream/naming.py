@@ -70,7 +70,9 @@ def name_sources(texts: Sequence[str]) -> list[NamedSource]:
         if name is None:
             continue
         if name in taken:
-            raise OptionError(f"stream name '{name}' is given to two --source options; names must be unique")
+            raise OptionError(
+                f"stream name '{name}' is given to two --source options; names must be unique"
+            )
         taken.add(name)
     named: list[NamedSource] = []
     for name, text in parsed:

@@ -245,7 +245,11 @@ def _draw_status(frame: np.ndarray, state: OverlayState, lay: Layout) -> int:
     room = lay.width - 2 * lay.margin - 2 * lay.pad
     candidates = status_texts(state)
     text = next(
-        (t for t in candidates if _text_size(t, style.font, style.scale, style.thickness)[0] <= room),
+        (
+            t
+            for t in candidates
+            if _text_size(t, style.font, style.scale, style.thickness)[0] <= room
+        ),
         None,
     )
     if text is None:

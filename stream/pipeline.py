@@ -131,29 +131,44 @@ class StreamOptions:
         if self.top_k < 1:
             raise OptionError(f"--top-k must be >= 1, got {self.top_k}")
         if self.threads < 0:
-            raise OptionError(f"--threads must be >= 0 (0: ONNX Runtime's default), got {self.threads}")
+            raise OptionError(
+                f"--threads must be >= 0 (0: ONNX Runtime's default), got {self.threads}"
+            )
         if self.reconnect < 0:
             raise OptionError(f"--reconnect must be >= 0, got {self.reconnect}")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise OptionError(f"--fps must be a positive number, got {self.fps}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise OptionError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
+            raise OptionError(
+                f"--timeout must be a positive number of seconds, got {self.timeout_s}"
+            )
         if self.batch is not None and self.batch < 1:
             raise OptionError(f"--batch must be a whole number of clips >= 1, got {self.batch}")
         if not (math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0):
             raise OptionError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
         if self.max_rate is not None and not (math.isfinite(self.max_rate) and self.max_rate > 0):
-            raise OptionError(f"--max-rate must be a positive number of predictions a second, got {self.max_rate}")
+            raise OptionError(
+                f"--max-rate must be a positive number of predictions a second, got {self.max_rate}"
+            )
         if not (math.isfinite(self.stall_s) and self.stall_s > 0):
             raise OptionError(f"--stall-s must be a positive number of seconds, got {self.stall_s}")
-        if self.stats_every is not None and not (math.isfinite(self.stats_every) and self.stats_every >= 0):
-            raise OptionError(f"--stats-every must be >= 0 seconds (0: no stats lines), got {self.stats_every}")
+        if self.stats_every is not None and not (
+            math.isfinite(self.stats_every) and self.stats_every >= 0
+        ):
+            raise OptionError(
+                f"--stats-every must be >= 0 seconds (0: no stats lines), got {self.stats_every}"
+            )
         if self.serve is not None:
             check_serve_options(self.serve, self.serve_token, self.serve_fps)
         # The smoother checks its own options; two placeholder classes are enough for that.
         make_smoother(
-            self.smoothing, ("a", "b"), alpha=self.alpha, window=self.window, min_score=self.min_score,
-            tau_s=self.tau_s, window_s=self.window_s,
+            self.smoothing,
+            ("a", "b"),
+            alpha=self.alpha,
+            window=self.window,
+            min_score=self.min_score,
+            tau_s=self.tau_s,
+            window_s=self.window_s,
         )
 
 
@@ -216,9 +231,12 @@ class StreamPipeline:
     def _start_web_view(self) -> LiveView:
         opts = self.options
         view = LiveView(
-            opts.serve.host, opts.serve.port, token=opts.serve_token, max_fps=opts.serve_fps,
+            opts.serve.host,
+            opts.serve.port,
+            token=opts.serve_token,
+            max_fps=opts.serve_fps,
             streams=[StreamCard(n.name, mask_credentials(n.text)) for n in self.named],
-        )  # fmt: skip
+        )
         view.start()
         self.say(f"live view on {view.url}" + (" (add ?token=TOKEN)" if opts.serve_token else ""))
         return view
@@ -229,11 +247,15 @@ class StreamPipeline:
             from stream.triton_client import open_triton
 
             runner, contract = open_triton(
-                opts.server, opts.model, batch=opts.batch or len(self.named),
+                opts.server,
+                opts.model,
+                batch=opts.batch or len(self.named),
                 timeout_s=opts.server_timeout_s,
-            )  # fmt: skip
+            )
             self.provider = runner.provider
-            self.say(f"model {Path(opts.model).name} on {runner.provider}, batches of up to {runner.max_batch}")
+            self.say(
+                f"model {Path(opts.model).name} on {runner.provider}, batches of up to {runner.max_batch}"
+            )
             return runner, contract
         session, contract, provider = create_session(
             opts.model, opts.device, opts.threads, cache_dir=opts.cache_dir
@@ -247,7 +269,11 @@ class StreamPipeline:
                 f"running batches of {max_batch}"
             )
         runner = Runner(session, contract, provider, max_batch=max_batch)
-        clip = "consecutive frames" if contract.clip_seconds is None else f"{contract.clip_seconds:g} s"
+        clip = (
+            "consecutive frames"
+            if contract.clip_seconds is None
+            else f"{contract.clip_seconds:g} s"
+        )
         batching = f", batches of up to {max_batch}" if len(self.named) > 1 or max_batch > 1 else ""
         self.say(
             f"model {Path(opts.model).name}: {contract.num_frames} frames over {clip} at "
@@ -270,7 +296,12 @@ class StreamPipeline:
             self._sources.append(source)
 
     def _build(
-        self, runner: Runner, contract, records: dict[str, Path], writer: EventWriter, window: GridWindow
+        self,
+        runner: Runner,
+        contract,
+        records: dict[str, Path],
+        writer: EventWriter,
+        window: GridWindow,
     ) -> None:
         opts = self.options
         scheduler = self.scheduler = InferenceScheduler(
@@ -281,10 +312,13 @@ class StreamPipeline:
         if len(names) == 1:
             source = self._sources[0]
             console = LiveConsole(
-                source.name, model_name, runner.provider,
+                source.name,
+                model_name,
+                runner.provider,
                 None if (source.is_live or opts.realtime) else source.frame_count,
-                contract.class_names, console=self.console,
-            )  # fmt: skip
+                contract.class_names,
+                console=self.console,
+            )
         else:
             console = StreamsConsole(names, model_name, runner.provider, console=self.console)
         self._console = console
@@ -322,16 +356,28 @@ class StreamPipeline:
                 sinks.append(WebSink(self.web_view, named.name))
             sinks.append(EventsSink(EventLog(writer, contract.class_names, stream=named.name)))
             smoother = make_smoother(
-                opts.smoothing, contract.class_names,
-                alpha=opts.alpha, window=opts.window, min_score=opts.min_score,
-                tau_s=opts.tau_s, window_s=opts.window_s,
-            )  # fmt: skip
+                opts.smoothing,
+                contract.class_names,
+                alpha=opts.alpha,
+                window=opts.window,
+                min_score=opts.min_score,
+                tau_s=opts.tau_s,
+                window_s=opts.window_s,
+            )
             channel = StreamChannel(
-                named.name, source, contract, plan,
-                smoother=smoother, sinks=sinks, stopper=self.stopper, doorbell=scheduler.ring,
-                console_view=console.view_for(named.name), top_k=opts.top_k,
-                max_rate=max_rate, trace_clips=opts.trace_clips,
-            )  # fmt: skip
+                named.name,
+                source,
+                contract,
+                plan,
+                smoother=smoother,
+                sinks=sinks,
+                stopper=self.stopper,
+                doorbell=scheduler.ring,
+                console_view=console.view_for(named.name),
+                top_k=opts.top_k,
+                max_rate=max_rate,
+                trace_clips=opts.trace_clips,
+            )
             self.channels.append(channel)
             scheduler.add(channel.lane)
 
@@ -422,10 +468,13 @@ class StreamPipeline:
         if interrupted:
             if self.stopper.reason is None:
                 reason = (
-                    "SIGINT" if isinstance(failure, KeyboardInterrupt) and not isinstance(failure, Interrupted)
-                    else f"error: {type(failure).__name__}" if failure is not None
+                    "SIGINT"
+                    if isinstance(failure, KeyboardInterrupt)
+                    and not isinstance(failure, Interrupted)
+                    else f"error: {type(failure).__name__}"
+                    if failure is not None
                     else "stopped"
-                )  # fmt: skip
+                )
                 self.stopper.stop(reason)
             runner.cancel()  # a slow model's run in progress need not finish
         for channel in self.channels:

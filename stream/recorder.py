@@ -269,8 +269,10 @@ class VideoRecorder:
                 self._warned_resize = True
                 log.warning(
                     "frame size changed to %dx%d; the recording keeps %dx%d",
-                    frame.shape[1], frame.shape[0], *self._size,
-                )  # fmt: skip
+                    frame.shape[1],
+                    frame.shape[0],
+                    *self._size,
+                )
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         if self.frames_written % SPACE_CHECK_EVERY == 0:
             self._check_space()

@@ -185,9 +185,11 @@ class FrameRing:
             if self.lossless:
                 if not self._wait(lambda: self._writable(seq), stop):
                     return None
-            elif self._pinned is not None and self._pinned % self.display_capacity == (
-                seq % self.display_capacity
-            ) and self._pinned != seq:
+            elif (
+                self._pinned is not None
+                and self._pinned % self.display_capacity == (seq % self.display_capacity)
+                and self._pinned != seq
+            ):
                 return None
             self._model_seq[seq % self.capacity] = -1
             self._display_seq[seq % self.display_capacity] = -1
@@ -202,7 +204,9 @@ class FrameRing:
         """The full-size array frame ``seq`` may be decoded into (reserved by the caller)."""
         return self._display[seq % self.display_capacity]
 
-    def publish(self, seq: int, image: np.ndarray, index: int, time_s: float, captured_s: float) -> None:
+    def publish(
+        self, seq: int, image: np.ndarray, index: int, time_s: float, captured_s: float
+    ) -> None:
         """Make reserved frame ``seq`` readable. ``image`` is its full-size frame: the display
         slot itself when it was decoded in place, otherwise adopted without a copy."""
         if seq != self._reserved:
@@ -349,7 +353,9 @@ class FrameRing:
 
     # -- presenter -------------------------------------------------------------------------------
 
-    def acquire(self, seq: int, stop: threading.Event | None = None) -> tuple[DisplayFrame | None, int]:
+    def acquire(
+        self, seq: int, stop: threading.Event | None = None
+    ) -> tuple[DisplayFrame | None, int]:
         """Pin the first presentable frame at or after ``seq``, waiting for it to be published.
 
         Returns the frame (None when the stream has ended or ``stop`` is set) and how many

@@ -47,6 +47,7 @@ PROVIDERS = {
 }
 AUTO_ORDER = (Device.TENSORRT, Device.CUDA, Device.CPU)
 
+
 def default_cache_dir() -> Path:
     """Where TensorRT engines are cached unless ``--cache-dir`` says otherwise:
     ``$XDG_CACHE_HOME/epic-stream/tensorrt``, or ``~/.cache/epic-stream/tensorrt``."""
@@ -184,7 +185,9 @@ def create_session(
                 # the warm-up below: say so before the terminal goes quiet for minutes.
                 log.warning(
                     "building the TensorRT engine for %s: the first start on this GPU takes "
-                    "minutes; later starts reuse it from %s", path.name, engines
+                    "minutes; later starts reuse it from %s",
+                    path.name,
+                    engines,
                 )
             try:
                 Runner(session, contract, provider).run()  # warm-up: the provider really works

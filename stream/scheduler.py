@@ -340,7 +340,11 @@ class InferenceScheduler(threading.Thread):
         """How long to sleep when no lane is ready: until the doorbell, or until a rate-capped
         lane may go again (nothing rings for that)."""
         now = time.monotonic()
-        due = [lane.next_allowed - now for lane in self.lanes if not lane.done and lane.next_allowed > now]
+        due = [
+            lane.next_allowed - now
+            for lane in self.lanes
+            if not lane.done and lane.next_allowed > now
+        ]
         return min([_WAIT_S, *due])
 
     def _run_batch(self, batch: list[Lane]) -> None:
@@ -355,7 +359,10 @@ class InferenceScheduler(threading.Thread):
             if self.stopper.is_set():
                 raise  # cancelled by the stop: not the model's fault
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            where = ", ".join(f"{lane.name} frame {clip.newest.index}" for lane, clip in zip(batch, clips, strict=True))
+            where = ", ".join(
+                f"{lane.name} frame {clip.newest.index}"
+                for lane, clip in zip(batch, clips, strict=True)
+            )
             raise ModelError(
                 f"{contract.path} failed while streaming (clips ending at {where}): {first}"
             ) from exc
@@ -400,7 +407,9 @@ class InferenceScheduler(threading.Thread):
                 # Live lanes are retried on their newest clip; file lanes keep theirs.
                 for row, lane in enumerate(batch):
                     if lane.policy is ClipPolicy.NEWEST:
-                        clips[row] = lane.gather(runner.clip[row], contract.num_frames, contract.clip_seconds)
+                        clips[row] = lane.gather(
+                            runner.clip[row], contract.num_frames, contract.clip_seconds
+                        )
                 continue
             if self._lost_since is not None:
                 self._restored()
@@ -411,14 +420,18 @@ class InferenceScheduler(threading.Thread):
             return
         self._lost_since = time.monotonic()
         self.outages += 1
-        log.warning("inference server lost (%s); predictions pause and resume when it is back", detail)
+        log.warning(
+            "inference server lost (%s); predictions pause and resume when it is back", detail
+        )
         self._tell(ServerEvent(lost=True, detail=detail, outages=self.outages))
 
     def _restored(self) -> None:
         out_s = time.monotonic() - self._lost_since
         self._lost_since = None
         log.warning("inference server back after %.1f s; predictions resume", out_s)
-        self._tell(ServerEvent(lost=False, detail=f"back after {out_s:.1f} s", outages=self.outages))
+        self._tell(
+            ServerEvent(lost=False, detail=f"back after {out_s:.1f} s", outages=self.outages)
+        )
 
     def _tell(self, event: ServerEvent) -> None:
         for lane in self.lanes:

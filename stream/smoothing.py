@@ -470,5 +470,7 @@ def make_smoother(
     if policy is SmoothingPolicy.VOTE:
         return VoteSmoother(class_names, window=window, window_s=window_s, min_score=threshold)
     if policy is SmoothingPolicy.HYSTERESIS:
-        return HysteresisSmoother(class_names, window=window, window_s=window_s, min_score=threshold)
+        return HysteresisSmoother(
+            class_names, window=window, window_s=window_s, min_score=threshold
+        )
     return PassThrough(class_names, min_score=threshold)

@@ -148,7 +148,9 @@ def _natural_key(path: str) -> list:
 
 
 def _frame_files(paths) -> tuple[str, ...]:
-    files = [str(p) for p in paths if Path(p).suffix.lower() in FRAME_SUFFIXES and Path(p).is_file()]
+    files = [
+        str(p) for p in paths if Path(p).suffix.lower() in FRAME_SUFFIXES and Path(p).is_file()
+    ]
     return tuple(sorted(files, key=_natural_key))
 
 
@@ -156,14 +158,18 @@ def parse_source(text: str) -> SourceSpec:
     """Turn ``--source`` into a :class:`SourceSpec`; raise :class:`SourceError` when it names nothing."""
     text = str(text).strip()
     if not text:
-        raise SourceError("--source is empty; give a video file, a folder of frames, a URL or webcam")
+        raise SourceError(
+            "--source is empty; give a video file, a folder of frames, a URL or webcam"
+        )
     lowered = text.lower()
     if lowered == "webcam":
         return SourceSpec(SourceKind.CAMERA, 0)
     if lowered.startswith("webcam:"):
         index = text.split(":", 1)[1]
         if not index.isdigit():
-            raise SourceError(f"--source {text}: expected webcam:N with N a camera number, e.g. webcam:1")
+            raise SourceError(
+                f"--source {text}: expected webcam:N with N a camera number, e.g. webcam:1"
+            )
         return SourceSpec(SourceKind.CAMERA, int(index))
     if text.isdigit():
         return SourceSpec(SourceKind.CAMERA, int(text))
@@ -442,9 +448,11 @@ class CaptureSource(VideoSource):
         kind, target = self.spec.kind, self.spec.target
         if kind is SourceKind.URL:
             params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._timeout_ms,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._timeout_ms,
-            ]  # fmt: skip
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                self._timeout_ms,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                self._timeout_ms,
+            ]
             if str(target).split("://", 1)[0].lower() in RTSP_SCHEMES:
                 cap = self._open_rtsp(str(target), params)
             else:
@@ -496,7 +504,9 @@ class CaptureSource(VideoSource):
             return image
         self._cap.release()
         if self.spec.kind is SourceKind.FILE:
-            raise SourceError(f"{self.spec.target}: no frames could be decoded (empty or corrupt video)")
+            raise SourceError(
+                f"{self.spec.target}: no frames could be decoded (empty or corrupt video)"
+            )
         raise SourceError(f"{self.name} opened but sent no frames")
 
     # -- reading ---------------------------------------------------------------------------------
@@ -532,7 +542,9 @@ class CaptureSource(VideoSource):
         self.frames_read += 1
         return image, time_s
 
-    def _read_next(self, into: np.ndarray | None, stop: threading.Event | None) -> np.ndarray | None:
+    def _read_next(
+        self, into: np.ndarray | None, stop: threading.Event | None
+    ) -> np.ndarray | None:
         while True:
             with self._lock:
                 cap = self._cap
@@ -573,9 +585,14 @@ class CaptureSource(VideoSource):
             delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1))
             log.warning(
                 "%s stopped sending frames; reconnecting in %.1f s (%d/%d)",
-                self.name, delay, attempt, self._reconnect,
-            )  # fmt: skip
-            self._report(SourceState.RECONNECTING, f"attempt {attempt}/{self._reconnect} in {delay:g} s")
+                self.name,
+                delay,
+                attempt,
+                self._reconnect,
+            )
+            self._report(
+                SourceState.RECONNECTING, f"attempt {attempt}/{self._reconnect} in {delay:g} s"
+            )
             if stop is not None and stop.wait(delay):
                 return False
             if stop is None:
@@ -623,9 +640,7 @@ class CaptureSource(VideoSource):
             pos_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC) if self._cap is not None else -1.0
         time_s = pos_ms / 1000.0
         if not (math.isfinite(time_s) and time_s >= 0 and time_s > self._last_time_s):
-            time_s = (
-                0.0 if self._last_time_s == -math.inf else self._last_time_s + 1.0 / self._fps
-            )
+            time_s = 0.0 if self._last_time_s == -math.inf else self._last_time_s + 1.0 / self._fps
         self._last_time_s = time_s
         return time_s
 

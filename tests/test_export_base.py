@@ -31,16 +31,27 @@ def test_official_base_pyth_exports_with_only_class_names_and_matches_torch(tmp_
         for block in model.blocks:
             block.temporal_fc.weight.normal_(0.0, 0.02)
     pyth = tmp_path / "TimeSformer_divST_8x32_224_K400.pyth"
-    torch.save({"epoch": 15, "model_state": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               pyth)
+    torch.save(
+        {"epoch": 15, "model_state": {f"model.{k}": v for k, v in model.state_dict().items()}}, pyth
+    )
     names = tmp_path / "kinetics_400.txt"
     names.write_text("".join(f"action {i}\n" for i in range(400)))
     output = tmp_path / "base.onnx"
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["--checkpoint", str(pyth), "--output", str(output), "--class-names", str(names),
-                     "--timing-runs", "1"])
+        code = main(
+            [
+                "--checkpoint",
+                str(pyth),
+                "--output",
+                str(output),
+                "--class-names",
+                str(names),
+                "--timing-runs",
+                "1",
+            ]
+        )
     assert code == 0, err.getvalue()
     assert "ORT vs torch fp32" in out.getvalue()
 
@@ -54,11 +65,19 @@ def test_official_base_pyth_exports_with_only_class_names_and_matches_torch(tmp_
     # original torch model.
     rng = np.random.default_rng(7)
     ramp = np.linspace(0.0, 255.0, 224)
-    clip = np.stack([
-        np.stack([np.roll(ramp, 20 * t)[None, :].repeat(224, 0), ramp[:, None].repeat(224, 1),
-                  np.full((224, 224), 30.0 * t)], -1)
-        for t in range(8)
-    ])
+    clip = np.stack(
+        [
+            np.stack(
+                [
+                    np.roll(ramp, 20 * t)[None, :].repeat(224, 0),
+                    ramp[:, None].repeat(224, 1),
+                    np.full((224, 224), 30.0 * t),
+                ],
+                -1,
+            )
+            for t in range(8)
+        ]
+    )
     clip += rng.normal(0.0, 20.0, clip.shape)
     frames = clip.clip(0, 255).astype(np.uint8)[None]
     rgb = frames[..., ::-1].astype(np.float64) / 255.0

@@ -23,8 +23,16 @@ from stream.contract import load_contract
 from train.checkpoint import CheckpointError
 from train.model import TimeSformer
 
-CFG = {"img_size": 32, "patch_size": 16, "num_frames": 4, "num_classes": 5, "embed_dim": 128,
-       "depth": 1, "num_heads": 2, "drop_path_rate": 0.0}
+CFG = {
+    "img_size": 32,
+    "patch_size": 16,
+    "num_frames": 4,
+    "num_classes": 5,
+    "embed_dim": 128,
+    "depth": 1,
+    "num_heads": 2,
+    "drop_path_rate": 0.0,
+}
 NAMES = ["open bag", "take bag", "put bag", "close bag", "wave"]
 
 
@@ -47,11 +55,16 @@ def save_pyth(model: TimeSformer, path, cfg: str | None = None):
 
 
 def save_lightning_ckpt(model: TimeSformer, path, **hparams):
-    torch.save({
-        "epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.6.6",
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"lr": 1e-4, **hparams},
-    }, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 120,
+            "pytorch-lightning_version": "2.6.6",
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"lr": 1e-4, **hparams},
+        },
+        path,
+    )
     return path
 
 
@@ -72,22 +85,52 @@ def ckpt_run(tmp_path_factory):
     """One --int8 --triton-repo export of an epic-train style .ckpt, shared by the tests below."""
     root = tmp_path_factory.mktemp("ckpt_run")
     model = small_timesformer(seed=1)
-    ckpt = save_lightning_ckpt(model, root / "best.ckpt", class_names=NAMES, clip_seconds=2.25,
-                               mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], num_frames=4)
+    ckpt = save_lightning_ckpt(
+        model,
+        root / "best.ckpt",
+        class_names=NAMES,
+        clip_seconds=2.25,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        num_frames=4,
+    )
     out_dir = root / "out"
-    code, stdout, stderr = run([
-        "--checkpoint", str(ckpt), "--output", str(out_dir / "model.onnx"), "--int8",
-        "--triton-repo", str(root / "repo"), "--name", "epic",
-    ])
-    return {"root": root, "model": model, "code": code, "stdout": stdout, "stderr": stderr,
-            "output": out_dir / "model.onnx", "repo": root / "repo"}
+    code, stdout, stderr = run(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--output",
+            str(out_dir / "model.onnx"),
+            "--int8",
+            "--triton-repo",
+            str(root / "repo"),
+            "--name",
+            "epic",
+        ]
+    )
+    return {
+        "root": root,
+        "model": model,
+        "code": code,
+        "stdout": stdout,
+        "stderr": stderr,
+        "output": out_dir / "model.onnx",
+        "repo": root / "repo",
+    }
 
 
 def test_ckpt_export_succeeds_and_prints_the_report(ckpt_run):
     assert ckpt_run["code"] == 0, ckpt_run["stderr"]
     table = ckpt_run["stdout"]
-    for text in ("opset", "frames uint8 [batch, 4, 32, 32, 3]", "scores float32 [batch, 5]",
-                 "ORT vs torch fp32", "ORT vs torch int8", "ms/clip", "model.onnx"):
+    for text in (
+        "opset",
+        "frames uint8 [batch, 4, 32, 32, 3]",
+        "scores float32 [batch, 5]",
+        "ORT vs torch fp32",
+        "ORT vs torch int8",
+        "ms/clip",
+        "model.onnx",
+    ):
         assert text in table, text
     # Only the model is left in the output folder: no fp32 intermediate, no probe files.
     assert [p.name for p in ckpt_run["output"].parent.iterdir()] == ["model.onnx"]
@@ -117,7 +160,9 @@ def test_int8_output_is_quantized_and_close_to_torch(ckpt_run):
 def test_triton_repository_holds_the_output_and_a_parsable_config(ckpt_run):
     model_dir = ckpt_run["repo"] / "epic"
     assert (model_dir / "1" / "model.onnx").read_bytes() == ckpt_run["output"].read_bytes()
-    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = text_format.Parse(
+        (model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert config.name == "epic" and config.max_batch_size == 8
     assert list(config.input[0].dims) == [4, 32, 32, 3]
     assert config.input[0].data_type == model_config_pb2.TYPE_UINT8
@@ -127,13 +172,17 @@ def test_triton_repository_holds_the_output_and_a_parsable_config(ckpt_run):
 
 def test_pyth_without_names_gets_generic_names_reference_span_and_a_warning(pyth, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
-    report = export_checkpoint(pyth, tmp_path / "m.onnx", num_frames=6, mean=[0.5],
-                               precision="fp32", timing_runs=1)
+    report = export_checkpoint(
+        pyth, tmp_path / "m.onnx", num_frames=6, mean=[0.5], precision="fp32", timing_runs=1
+    )
     assert report.contract.class_names == tuple(f"class_{i}" for i in range(5))
     assert report.contract.num_frames == 6
     assert report.contract.clip_seconds == pytest.approx(reference_clip_seconds(6))
-    assert report.sources == {"class_names": "generic", "clip_seconds": "reference guess",
-                              "normalization": "--mean/--std"}
+    assert report.sources == {
+        "class_names": "generic",
+        "clip_seconds": "reference guess",
+        "normalization": "--mean/--std",
+    }
     assert report.mean == (0.5,) * 3 and report.std == (0.225,) * 3
     assert report.precision is Precision.FP32 and len(report.parity) == 1
     assert report.parity[0].max_abs_diff < 1e-4 and report.parity[0].batches == (1, 2)
@@ -168,12 +217,25 @@ def test_a_pyth_config_gives_the_clip_span_without_a_guess(tmp_path, caplog):
 
 def test_flags_win_over_what_the_checkpoint_stored(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
-    ckpt = save_lightning_ckpt(small_timesformer(), tmp_path / "best.ckpt", class_names=NAMES,
-                               clip_seconds=2.25, mean=[0.5] * 3, std=[0.25] * 3)
+    ckpt = save_lightning_ckpt(
+        small_timesformer(),
+        tmp_path / "best.ckpt",
+        class_names=NAMES,
+        clip_seconds=2.25,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
     names = tmp_path / "class_names.json"
     names.write_text(json.dumps({f"verb {i}": i for i in range(5)}))
-    report = export_checkpoint(ckpt, tmp_path / "m.onnx", class_names_file=names, clip_seconds=3.0,
-                               std=0.3, num_heads=4, timing_runs=1)
+    report = export_checkpoint(
+        ckpt,
+        tmp_path / "m.onnx",
+        class_names_file=names,
+        clip_seconds=3.0,
+        std=0.3,
+        num_heads=4,
+        timing_runs=1,
+    )
     assert report.arch["num_heads"] == 4
     assert report.contract.class_names == tuple(f"verb {i}" for i in range(5))
     assert report.contract.clip_seconds == 3.0
@@ -196,15 +258,18 @@ def test_names_file_of_the_wrong_length(pyth, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("a\nb\nc\n")
     out = tmp_path / "m.onnx"
-    line = one_line_error(*run(["--checkpoint", str(pyth), "--output", str(out),
-                                "--class-names", str(names)])[::2])
+    line = one_line_error(
+        *run(["--checkpoint", str(pyth), "--output", str(out), "--class-names", str(names)])[::2]
+    )
     assert "has 3 class names but the model's head has 5 classes" in line
     assert not out.exists()
 
 
 def test_stored_names_of_the_wrong_length(tmp_path):
     ckpt = save_lightning_ckpt(small_timesformer(), tmp_path / "x.ckpt", class_names=["a", "b"])
-    line = one_line_error(*run(["--checkpoint", str(ckpt), "--output", str(tmp_path / "m.onnx")])[::2])
+    line = one_line_error(
+        *run(["--checkpoint", str(ckpt), "--output", str(tmp_path / "m.onnx")])[::2]
+    )
     assert "stored class_names" in line and "has 2 class names" in line
 
 
@@ -215,17 +280,24 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path, content):
         torch.save({"epoch": 1, "notes": "no weights here"}, path)
     else:
         path.write_bytes(content)
-    line = one_line_error(*run(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])[::2])
+    line = one_line_error(
+        *run(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])[::2]
+    )
     assert "weights.pyth" in line
     assert "cannot be read as a PyTorch checkpoint" in line or "no model weights found" in line
 
 
 def test_a_checkpoint_missing_weights_is_refused(tmp_path):
-    state = {f"model.{k}": v for k, v in small_timesformer().state_dict().items()
-             if not k.startswith("norm.")}
+    state = {
+        f"model.{k}": v
+        for k, v in small_timesformer().state_dict().items()
+        if not k.startswith("norm.")
+    }
     path = tmp_path / "partial.pth"
     torch.save(state, path)
-    line = one_line_error(*run(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])[::2])
+    line = one_line_error(
+        *run(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])[::2]
+    )
     assert "lacks 2 of the model's weights (norm.weight, norm.bias)" in line
 
 
@@ -245,10 +317,22 @@ def test_unwritable_output_fails_before_the_checkpoint_is_read(pyth, tmp_path, m
     monkeypatch.setattr(train.checkpoint, "load_timesformer", never)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    line = one_line_error(*run(["--checkpoint", str(pyth), "--output", str(blocker / "m.onnx")])[::2])
+    line = one_line_error(
+        *run(["--checkpoint", str(pyth), "--output", str(blocker / "m.onnx")])[::2]
+    )
     assert "cannot create the folder" in line
-    line = one_line_error(*run(["--checkpoint", str(pyth), "--output", str(tmp_path / "m.onnx"),
-                                "--triton-repo", str(blocker)])[::2])
+    line = one_line_error(
+        *run(
+            [
+                "--checkpoint",
+                str(pyth),
+                "--output",
+                str(tmp_path / "m.onnx"),
+                "--triton-repo",
+                str(blocker),
+            ]
+        )[::2]
+    )
     assert "Triton model" in line
 
 

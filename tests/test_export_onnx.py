@@ -21,8 +21,16 @@ from stream.contract import load_contract, read_contract
 from stream.errors import OptionError, OutputError
 from train.model import TimeSformer
 
-CFG = {"img_size": 32, "patch_size": 16, "num_frames": 4, "num_classes": 5, "embed_dim": 64,
-       "depth": 1, "num_heads": 2, "drop_path_rate": 0.0}
+CFG = {
+    "img_size": 32,
+    "patch_size": 16,
+    "num_frames": 4,
+    "num_classes": 5,
+    "embed_dim": 64,
+    "depth": 1,
+    "num_heads": 2,
+    "drop_path_rate": 0.0,
+}
 NAMES = ["open bag", "take bag", "put bag", "close bag", "wave"]
 MEAN, STD = (0.4, 0.45, 0.5), (0.2, 0.225, 0.25)
 
@@ -51,8 +59,15 @@ def exported(network, tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "small.onnx"
     before = {k: v.clone() for k, v in network.state_dict().items()}
     out = export_onnx(
-        network, path, class_names=NAMES, num_frames=4, image_size=32, clip_seconds=2.5,
-        mean=MEAN, std=STD, description="a small test model",
+        network,
+        path,
+        class_names=NAMES,
+        num_frames=4,
+        image_size=32,
+        clip_seconds=2.5,
+        mean=MEAN,
+        std=STD,
+        description="a small test model",
     )
     assert out == path
     # The caller's model is left as it was (training carries on with it after its export).
@@ -160,8 +175,16 @@ def test_parity_failure_keeps_no_file(network, exported, tmp_path, monkeypatch):
     target = tmp_path / "bad.onnx"
     target.write_bytes(b"the previous good model")
     with pytest.raises(ParityError, match=r"max \|Δp\| = 1\.0\de-03 > 1e-04"):
-        export_onnx(network, target, class_names=NAMES, num_frames=4, image_size=32,
-                    clip_seconds=2.5, mean=MEAN, std=STD)
+        export_onnx(
+            network,
+            target,
+            class_names=NAMES,
+            num_frames=4,
+            image_size=32,
+            clip_seconds=2.5,
+            mean=MEAN,
+            std=STD,
+        )
     assert target.read_bytes() == b"the previous good model"
     assert [p.name for p in tmp_path.iterdir()] == ["bad.onnx"]
 
@@ -177,8 +200,14 @@ def test_a_graph_with_a_fixed_batch_is_rejected():
 def test_unwritable_output_and_old_opsets_fail_before_any_work(network, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    kwargs = {"class_names": NAMES, "num_frames": 4, "image_size": 32, "clip_seconds": 1.0,
-              "mean": MEAN, "std": STD}
+    kwargs = {
+        "class_names": NAMES,
+        "num_frames": 4,
+        "image_size": 32,
+        "clip_seconds": 1.0,
+        "mean": MEAN,
+        "std": STD,
+    }
     with pytest.raises(OutputError, match="cannot create the folder"):
         export_onnx(network, blocker / "model.onnx", **kwargs)
     with pytest.raises(OutputError, match="is a directory"):
@@ -188,28 +217,57 @@ def test_unwritable_output_and_old_opsets_fail_before_any_work(network, tmp_path
 
 
 def test_triton_config_parses_with_the_tritonclient_model_config_proto():
-    text = triton_config(name="epic", num_frames=8, image_size=224, num_classes=400,
-                         max_batch_size=16, comment="two\nlines")
+    text = triton_config(
+        name="epic",
+        num_frames=8,
+        image_size=224,
+        num_classes=400,
+        max_batch_size=16,
+        comment="two\nlines",
+    )
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert config.name == "epic"
     assert config.platform == "onnxruntime_onnx" and config.backend == "onnxruntime"
     assert config.max_batch_size == 16
     (inp,) = config.input
     assert (inp.name, inp.data_type, list(inp.dims)) == (
-        "frames", model_config_pb2.TYPE_UINT8, [8, 224, 224, 3])
+        "frames",
+        model_config_pb2.TYPE_UINT8,
+        [8, 224, 224, 3],
+    )
     (out,) = config.output
-    assert (out.name, out.data_type, list(out.dims)) == ("scores", model_config_pb2.TYPE_FP32, [400])
+    assert (out.name, out.data_type, list(out.dims)) == (
+        "scores",
+        model_config_pb2.TYPE_FP32,
+        [400],
+    )
     assert config.HasField("dynamic_batching")
 
 
 def test_triton_repo_layout(exported, tmp_path):
-    model_dir = write_triton_repo(exported, tmp_path / "repo", name="epic-small", num_frames=4,
-                                  image_size=32, class_names=NAMES, clip_seconds=2.5)
+    model_dir = write_triton_repo(
+        exported,
+        tmp_path / "repo",
+        name="epic-small",
+        num_frames=4,
+        image_size=32,
+        class_names=NAMES,
+        clip_seconds=2.5,
+    )
     assert model_dir == tmp_path / "repo" / "epic-small"
     assert (model_dir / "1" / "model.onnx").read_bytes() == exported.read_bytes()
     assert (model_dir / "labels.txt").read_text().splitlines() == NAMES
-    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = text_format.Parse(
+        (model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert config.name == "epic-small" and list(config.output[0].dims) == [5]
     with pytest.raises(OptionError, match="Triton model name"):
-        write_triton_repo(exported, tmp_path / "repo", name="../up", num_frames=4, image_size=32,
-                          class_names=NAMES, clip_seconds=2.5)
+        write_triton_repo(
+            exported,
+            tmp_path / "repo",
+            name="../up",
+            num_frames=4,
+            image_size=32,
+            class_names=NAMES,
+            clip_seconds=2.5,
+        )

@@ -32,8 +32,24 @@ def probe(tmp_path) -> Path:
 def test_max_rate_caps_a_live_streams_predictions(tmp_path, probe, mjpeg_server):
     camera = mjpeg_server(grey_frames([(9 * i) % 250 for i in range(90)]), fps=30)  # 3 s
     events = tmp_path / "e.jsonl"
-    assert main(["--source", camera.url, "--model", str(probe), "--events", str(events), "--no-display",
-                 "--reconnect", "0", "--max-rate", "4"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                camera.url,
+                "--model",
+                str(probe),
+                "--events",
+                str(events),
+                "--no-display",
+                "--reconnect",
+                "0",
+                "--max-rate",
+                "4",
+            ]
+        )
+        == 0
+    )
     predictions = [e for e in read_events(events) if e["type"] == "prediction"]
     times = [p["time_s"] for p in predictions]
     # One prediction every 0.25 s (frames arrive every 33 ms: without the cap, ~30/s). The gaps
@@ -45,8 +61,22 @@ def test_max_rate_caps_a_live_streams_predictions(tmp_path, probe, mjpeg_server)
 def test_the_cpu_default_cap_is_eight_a_second(tmp_path, probe, mjpeg_server):
     camera = mjpeg_server(grey_frames([(9 * i) % 250 for i in range(90)]), fps=30)
     events = tmp_path / "e.jsonl"
-    assert main(["--source", camera.url, "--model", str(probe), "--events", str(events), "--no-display",
-                 "--reconnect", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                camera.url,
+                "--model",
+                str(probe),
+                "--events",
+                str(events),
+                "--no-display",
+                "--reconnect",
+                "0",
+            ]
+        )
+        == 0
+    )
     predictions = [e for e in read_events(events) if e["type"] == "prediction"]
     assert 2 * 8 <= len(predictions) <= 3 * 8 + 2
 
@@ -54,13 +84,37 @@ def test_the_cpu_default_cap_is_eight_a_second(tmp_path, probe, mjpeg_server):
 def test_stats_lines_cover_each_period_of_a_live_stream(tmp_path, probe, mjpeg_server):
     camera = mjpeg_server(grey_frames([(9 * i) % 250 for i in range(75)]), fps=30)  # 2.5 s
     events = tmp_path / "e.jsonl"
-    assert main(["--source", f"cam={camera.url}", "--model", str(probe), "--events", str(events),
-                 "--no-display", "--reconnect", "0", "--stats-every", "0.5"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                f"cam={camera.url}",
+                "--model",
+                str(probe),
+                "--events",
+                str(events),
+                "--no-display",
+                "--reconnect",
+                "0",
+                "--stats-every",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     stats = [e for e in read_events(events) if e["type"] == "stats"]
     assert len(stats) >= 3
     for line in stats:
-        assert set(line) >= {"stream", "wall_time", "period_s", "capture_fps", "predictions",
-                             "latency_ms_p50", "latency_ms_p95", "dropped_frames"}  # fmt: skip
+        assert set(line) >= {
+            "stream",
+            "wall_time",
+            "period_s",
+            "capture_fps",
+            "predictions",
+            "latency_ms_p50",
+            "latency_ms_p95",
+            "dropped_frames",
+        }
         assert line["stream"] == "cam" and line["period_s"] == pytest.approx(0.5, abs=0.25)
     assert 15 <= stats[1]["capture_fps"] <= 45  # a 30 fps camera
     summary = read_events(events)[-1]
@@ -69,36 +123,83 @@ def test_stats_lines_cover_each_period_of_a_live_stream(tmp_path, probe, mjpeg_s
 
 def test_files_write_no_stats_unless_asked(tmp_path, probe, make_video):
     events = tmp_path / "e.jsonl"
-    assert main(["--source", str(make_video(frames=30)), "--model", str(probe), "--events", str(events),
-                 "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(make_video(frames=30)),
+                "--model",
+                str(probe),
+                "--events",
+                str(events),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     assert not [e for e in read_events(events) if e["type"] == "stats"]
 
 
 def test_events_to_stdout_leave_stdout_to_the_events(tmp_path, probe, make_video):
     done = subprocess.run(
-        [sys.executable, "-m", "stream", "--source", str(make_video(frames=30)), "--model", str(probe),
-         "--events", "-", "--no-display"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "--source",
+            str(make_video(frames=30)),
+            "--model",
+            str(probe),
+            "--events",
+            "-",
+            "--no-display",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]  # every line is JSON
     assert lines[-1]["type"] == "summary" and sum(e["type"] == "prediction" for e in lines) == 4
     assert "epic-stream summary" in done.stderr and "model probe.onnx" in done.stderr
 
 
-def test_sighup_reopens_the_events_file_without_losing_or_splitting_a_line(tmp_path, probe, mjpeg_server):
+def test_sighup_reopens_the_events_file_without_losing_or_splitting_a_line(
+    tmp_path, probe, mjpeg_server
+):
     camera = mjpeg_server(grey_frames([(7 * i) % 250 for i in range(180)]), fps=30)  # 6 s
     events = tmp_path / "e.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", "--source", camera.url, "--model", str(probe), "--events",
-         str(events), "--no-display", "--reconnect", "0", "--max-rate", "30"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "--source",
+            camera.url,
+            "--model",
+            str(probe),
+            "--events",
+            str(events),
+            "--no-display",
+            "--reconnect",
+            "0",
+            "--max-rate",
+            "30",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     rotated = []
     try:
         for k in range(3):
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and (not events.exists() or events.stat().st_size < 2000):
+            while time.monotonic() < deadline and (
+                not events.exists() or events.stat().st_size < 2000
+            ):
                 time.sleep(0.05)
             moved = tmp_path / f"e.jsonl.{k + 1}"
             events.rename(moved)  # logrotate's move, then its postrotate SIGHUP
@@ -129,8 +230,22 @@ def test_segment_boundaries_do_not_depend_on_the_prediction_rate(tmp_path, make_
     boundaries = {}
     for every in (2, 8, 15):
         events = tmp_path / f"e{every}.jsonl"
-        assert main(["--source", str(video), "--model", str(model), "--events", str(events),
-                     "--no-display", "--every", str(every)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "--source",
+                    str(video),
+                    "--model",
+                    str(model),
+                    "--events",
+                    str(events),
+                    "--no-display",
+                    "--every",
+                    str(every),
+                ]
+            )
+            == 0
+        )
         segments = [s for s in read_events(events)[-1]["segments"] if s["label"] != "no action"]
         assert [s["label"] for s in segments] == ["dark", "bright", "dark", "bright"], segments
         boundaries[every] = [s["start_s"] for s in segments[1:]]
@@ -152,9 +267,28 @@ def test_source_states_are_events(tmp_path, probe, mjpeg_server):
     gone.start()
     events = tmp_path / "e.jsonl"
     try:
-        assert main(["--source", f"drop={dropping.url}", "--source", f"silent={silent.url}",
-                     "--model", str(probe), "--events", str(events), "--no-display",
-                     "--reconnect", "1", "--stall-s", "0.5", "--timeout", "1"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "--source",
+                    f"drop={dropping.url}",
+                    "--source",
+                    f"silent={silent.url}",
+                    "--model",
+                    str(probe),
+                    "--events",
+                    str(events),
+                    "--no-display",
+                    "--reconnect",
+                    "1",
+                    "--stall-s",
+                    "0.5",
+                    "--timeout",
+                    "1",
+                ]
+            )
+            == 0
+        )
     finally:
         gone.cancel()
         silent.close()

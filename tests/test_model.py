@@ -10,8 +10,16 @@ import torch
 from train.model import PRESETS, AttentionType, TimeSformer, build_timesformer
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SMALL = {"img_size": 32, "patch_size": 16, "num_frames": 4, "num_classes": 5, "embed_dim": 64,
-         "depth": 2, "num_heads": 2, "drop_path_rate": 0.0}
+SMALL = {
+    "img_size": 32,
+    "patch_size": 16,
+    "num_frames": 4,
+    "num_classes": 5,
+    "embed_dim": 64,
+    "depth": 2,
+    "num_heads": 2,
+    "drop_path_rate": 0.0,
+}
 
 
 def _clip(batch=2, frames=4, size=32, seed=0):
@@ -31,11 +39,29 @@ def test_forward_shapes(attention):
 def test_parameter_names_match_reference():
     model = TimeSformer(**SMALL)
     names = set(model.state_dict())
-    for key in ("cls_token", "pos_embed", "time_embed", "patch_embed.proj.weight",
-                "patch_embed.proj.bias", "norm.weight", "head.weight", "head.bias"):
+    for key in (
+        "cls_token",
+        "pos_embed",
+        "time_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "head.weight",
+        "head.bias",
+    ):
         assert key in names
-    for part in ("norm1", "attn.qkv", "attn.proj", "temporal_norm1", "temporal_attn.qkv",
-                 "temporal_attn.proj", "temporal_fc", "norm2", "mlp.fc1", "mlp.fc2"):
+    for part in (
+        "norm1",
+        "attn.qkv",
+        "attn.proj",
+        "temporal_norm1",
+        "temporal_attn.qkv",
+        "temporal_attn.proj",
+        "temporal_fc",
+        "norm2",
+        "mlp.fc1",
+        "mlp.fc2",
+    ):
         assert f"blocks.1.{part}.weight" in names
         assert f"blocks.1.{part}.bias" in names
     # Nothing beyond the reference's names: checkpoints load strictly both ways.
@@ -62,7 +88,11 @@ def test_num_classes_zero_gives_identity_head_and_reset_restores():
 
 
 def test_presets_and_unknown_preset():
-    for name, expected in (("base", (768, 12, 12)), ("small", (384, 12, 6)), ("tiny", (192, 12, 3))):
+    for name, expected in (
+        ("base", (768, 12, 12)),
+        ("small", (384, 12, 6)),
+        ("tiny", (192, 12, 3)),
+    ):
         cfg = PRESETS[name]
         assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"]) == expected
     model = build_timesformer("tiny", img_size=32, num_frames=2, depth=1, num_classes=3)
@@ -96,7 +126,9 @@ def test_zero_time_embed_makes_divided_model_blind_to_frame_order():
     model = TimeSformer(**SMALL, time_embed_std=0.0).eval()
     x = _clip(batch=1)
     with torch.no_grad():
-        diff = (model.forward_features(x) - model.forward_features(x[:, :, [2, 0, 3, 1]])).abs().max()
+        diff = (
+            (model.forward_features(x) - model.forward_features(x[:, :, [2, 0, 3, 1]])).abs().max()
+        )
     assert diff < 1e-5
 
 

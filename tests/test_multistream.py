@@ -26,8 +26,18 @@ from stream.naming import name_sources
 from stream.pipeline import StreamOptions, StreamPipeline
 from stream.runtime import Runner
 
-TIMING_KEYS = {"latency_ms", "latency_ms_p50", "latency_ms_p95", "inference_ms_mean", "fps", "model_fps", "wall_s",
-               "wall_time", "wall_start", "wall_end"}  # fmt: skip
+TIMING_KEYS = {
+    "latency_ms",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "inference_ms_mean",
+    "fps",
+    "model_fps",
+    "wall_s",
+    "wall_time",
+    "wall_start",
+    "wall_end",
+}
 
 
 def read_events(path: Path) -> list[dict]:
@@ -66,7 +76,9 @@ def probe(tmp_path) -> Path:
     return probe_model(tmp_path / "probe.onnx", num_frames=4, image_size=16, clip_seconds=0.3)
 
 
-def test_four_file_streams_give_the_events_of_four_single_runs(tmp_path, probe, make_video, make_frame_folder):
+def test_four_file_streams_give_the_events_of_four_single_runs(
+    tmp_path, probe, make_video, make_frame_folder
+):
     sources = [
         make_video("ramp.mp4", levels=[10 + 6 * i for i in range(40)]),
         make_video("zigzag.avi", levels=[(37 * i) % 240 for i in range(33)]),
@@ -76,8 +88,22 @@ def test_four_file_streams_give_the_events_of_four_single_runs(tmp_path, probe, 
     singles = {}
     for k, source in enumerate(sources):
         events = tmp_path / f"single{k}.jsonl"
-        assert main(["--source", str(source), "--model", str(probe), "--events", str(events),
-                     "--no-display", "--smoothing", "vote"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "--source",
+                    str(source),
+                    "--model",
+                    str(probe),
+                    "--events",
+                    str(events),
+                    "--no-display",
+                    "--smoothing",
+                    "vote",
+                ]
+            )
+            == 0
+        )
         ((name, lines),) = by_stream(read_events(events)).items()
         singles[name] = lines
     assert sorted(singles) == ["folder", "ramp", "short", "zigzag"]
@@ -100,7 +126,9 @@ def test_four_file_streams_give_the_events_of_four_single_runs(tmp_path, probe, 
 
 def test_batches_hold_clips_of_several_streams(tmp_path, probe, make_video):
     videos = [str(make_video(f"v{k}.mp4", frames=48)) for k in range(4)]
-    pipeline = StreamPipeline(StreamOptions(source=tuple(videos), model=probe, display=False, every=2))
+    pipeline = StreamPipeline(
+        StreamOptions(source=tuple(videos), model=probe, display=False, every=2)
+    )
     pipeline.run()
     scheduler = pipeline.scheduler
     assert scheduler.clips_run == 4 * 24 == sum(s["predictions"] for s in pipeline.summaries)
@@ -108,14 +136,18 @@ def test_batches_hold_clips_of_several_streams(tmp_path, probe, make_video):
     assert not epic_threads()
 
 
-def test_a_stalled_camera_does_not_hold_the_other_streams(tmp_path, probe, mjpeg_server, monkeypatch):
+def test_a_stalled_camera_does_not_hold_the_other_streams(
+    tmp_path, probe, mjpeg_server, monkeypatch
+):
     """Three live cameras, then the same three beside one that sends ten frames and falls silent
     with its connection open: the three keep their prediction rate, the silent one is reported."""
     slow_runner(monkeypatch, 0.08)  # the model, not the CPU, sets the rate
 
     def cameras() -> list[str]:
-        return [mjpeg_server(grey_frames([(11 * i + 40 * k) % 250 for i in range(120)]), fps=30).url
-                for k in range(3)]  # fmt: skip
+        return [
+            mjpeg_server(grey_frames([(11 * i + 40 * k) % 250 for i in range(120)]), fps=30).url
+            for k in range(3)
+        ]
 
     def rates(summaries) -> list[float]:
         return [s["predictions"] / s["wall_s"] for s in summaries if s["stream"].startswith("cam")]
@@ -126,7 +158,9 @@ def test_a_stalled_camera_does_not_hold_the_other_streams(tmp_path, probe, mjpeg
         try:
             extra = (f"stalled={stalled.url}",) if with_stalled else ()
             pipeline = StreamPipeline(
-                StreamOptions(source=named + extra, model=probe, display=False, reconnect=0, timeout_s=1.0)
+                StreamOptions(
+                    source=named + extra, model=probe, display=False, reconnect=0, timeout_s=1.0
+                )
             )
             pipeline.run()
             return pipeline.summaries
@@ -144,9 +178,14 @@ def test_a_stalled_camera_does_not_hold_the_other_streams(tmp_path, probe, mjpeg
     assert not epic_threads()
 
 
-def test_no_stream_starves_when_batches_are_smaller_than_the_streams(tmp_path, probe, mjpeg_server, monkeypatch):
+def test_no_stream_starves_when_batches_are_smaller_than_the_streams(
+    tmp_path, probe, mjpeg_server, monkeypatch
+):
     slow_runner(monkeypatch, 0.05)
-    urls = [mjpeg_server(grey_frames([(13 * i + 50 * k) % 250 for i in range(90)]), fps=30).url for k in range(3)]
+    urls = [
+        mjpeg_server(grey_frames([(13 * i + 50 * k) % 250 for i in range(90)]), fps=30).url
+        for k in range(3)
+    ]
     pipeline = StreamPipeline(
         StreamOptions(source=tuple(urls), model=probe, display=False, reconnect=0, batch=1)
     )
@@ -159,8 +198,22 @@ def test_no_stream_starves_when_batches_are_smaller_than_the_streams(tmp_path, p
 def test_a_model_with_a_static_batch_of_one_runs_one_clip_at_a_time(tmp_path, make_video, capsys):
     model = classifier_model(tmp_path / "b1.onnx", input_shape=[1, 4, 16, 16, 3])
     events = tmp_path / "e.jsonl"
-    assert main(["--source", str(make_video("a.mp4", frames=24)), "--source", str(make_video("b.mp4", frames=24)),
-                 "--model", str(model), "--events", str(events), "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(make_video("a.mp4", frames=24)),
+                "--source",
+                str(make_video("b.mp4", frames=24)),
+                "--model",
+                str(model),
+                "--events",
+                str(events),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("takes one clip at a time") == 1 and "batches of 1" in out
     summaries = [e for e in read_events(events) if e["type"] == "summary"]
@@ -171,34 +224,82 @@ def test_a_model_with_a_static_batch_of_one_runs_one_clip_at_a_time(tmp_path, ma
 def test_several_streams_need_stream_in_the_record_path(tmp_path, probe, make_video, capsys):
     a, b = make_video("a.mp4", frames=5), make_video("b.mp4", frames=5)
     record = tmp_path / "out.mp4"
-    rc = main(["--source", str(a), "--source", str(b), "--model", str(probe), "--record", str(record),
-               "--no-display"])  # fmt: skip
+    rc = main(
+        [
+            "--source",
+            str(a),
+            "--source",
+            str(b),
+            "--model",
+            str(probe),
+            "--record",
+            str(record),
+            "--no-display",
+        ]
+    )
     assert rc == OptionError.exit_code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "{stream}" in err[0] and "Traceback" not in err[0]
     assert not record.exists()
     # With {stream}, each stream gets its own recording.
-    assert main(["--source", str(a), "--source", f"second={b}", "--model", str(probe),
-                 "--record", str(tmp_path / "{stream}.avi"), "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(a),
+                "--source",
+                f"second={b}",
+                "--model",
+                str(probe),
+                "--record",
+                str(tmp_path / "{stream}.avi"),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     assert count_frames(tmp_path / "a.avi") == count_frames(tmp_path / "second.avi") == 5
 
 
 def test_sigint_finalizes_every_streams_recording_and_summary(tmp_path, probe, mjpeg_server):
-    urls = [mjpeg_server(grey_frames([(7 * i + 60 * k) % 250 for i in range(900)]), fps=30).url for k in range(3)]
+    urls = [
+        mjpeg_server(grey_frames([(7 * i + 60 * k) % 250 for i in range(900)]), fps=30).url
+        for k in range(3)
+    ]
     out = tmp_path / "out"
     out.mkdir()
     events = tmp_path / "e.jsonl"
-    argv = [sys.executable, "-m", "stream", "--model", str(probe), "--record", str(out / "{stream}.avi"),
-            "--events", str(events), "--no-display", "--reconnect", "0"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "stream",
+        "--model",
+        str(probe),
+        "--record",
+        str(out / "{stream}.avi"),
+        "--events",
+        str(events),
+        "--no-display",
+        "--reconnect",
+        "0",
+    ]
     for k, url in enumerate(urls):
         argv += ["--source", f"cam{k}={url}"]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             lines = events.read_text().splitlines() if events.exists() else []
-            if {json.loads(line)["stream"] for line in lines} == {"cam0", "cam1", "cam2"} and len(lines) > 30:
+            if {json.loads(line)["stream"] for line in lines} == {"cam0", "cam1", "cam2"} and len(
+                lines
+            ) > 30:
                 break
             time.sleep(0.1)
         assert proc.poll() is None
@@ -220,7 +321,9 @@ def test_sigint_finalizes_every_streams_recording_and_summary(tmp_path, probe, m
 
 
 def test_stream_names():
-    named = name_sources(["webcam:2", "rtsp://user:secret@10.0.0.5:554/live", "door=rtsp://x/1", "webcam"])
+    named = name_sources(
+        ["webcam:2", "rtsp://user:secret@10.0.0.5:554/live", "door=rtsp://x/1", "webcam"]
+    )
     assert [n.name for n in named] == ["webcam2", "10.0.0.5", "door", "webcam0"]
     twice = name_sources(["webcam", "0", "webcam:0"])
     assert [n.name for n in twice] == ["webcam0", "webcam0-2", "webcam0-3"]

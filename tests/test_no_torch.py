@@ -10,7 +10,15 @@ from pathlib import Path
 import stream
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("torch", "torchvision", "lightning", "pytorch_lightning", "timm", "einops", "torchmetrics")
+FORBIDDEN = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "pytorch_lightning",
+    "timm",
+    "einops",
+    "torchmetrics",
+)
 
 # Runs in a fresh interpreter where importing any training package fails, as it would after a
 # plain `pip install .`.
@@ -35,18 +43,25 @@ def stream_modules() -> list[str]:
 def test_every_stream_module_imports_without_torch():
     modules = stream_modules()
     assert "stream.preprocess" in modules and "stream.contract" in modules
-    code = BLOCKER + "\n".join(f"import {m}" for m in modules) + f"""
+    code = (
+        BLOCKER
+        + "\n".join(f"import {m}" for m in modules)
+        + f"""
 loaded = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})
 assert not loaded, loaded
 print('ok', len({modules!r}))
 """
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
 
 
 def test_epic_stream_help_runs_without_torch():
-    code = BLOCKER + "import runpy, sys; sys.argv = ['epic-stream', '--help']\nrunpy.run_module('stream', run_name='__main__')"
+    code = (
+        BLOCKER
+        + "import runpy, sys; sys.argv = ['epic-stream', '--help']\nrunpy.run_module('stream', run_name='__main__')"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "epic-stream" in result.stdout

@@ -73,7 +73,9 @@ def test_label_bars_and_status_are_where_expected(height, width):
     assert not untouched[m : m + lay.label_height, m : m + lay.panel_width].any()  # label box
     assert not untouched[height - m - 2, m + 2 : m + 20].any()  # status strip, bottom left
     # the class colour marks both the label box accent and the top-1 bar
-    assert has_colour(frame[m : m + lay.label_height, m : m + lay.accent], class_colour("cut onion"))
+    assert has_colour(
+        frame[m : m + lay.label_height, m : m + lay.accent], class_colour("cut onion")
+    )
     below = frame[m + lay.label_height : m + lay.label_height + lay.row_height + lay.pad]
     assert has_colour(below, class_colour("cut onion"))
     # the right-hand side of the picture is left alone
@@ -107,7 +109,10 @@ def test_bar_length_follows_the_score():
         return int(np.all(frame == np.array(class_colour("cut onion"), np.uint8), axis=2).sum())
 
     accent_only = coloured_pixels(0.0)
-    quarter, three_quarters = coloured_pixels(0.25) - accent_only, coloured_pixels(0.75) - accent_only
+    quarter, three_quarters = (
+        coloured_pixels(0.25) - accent_only,
+        coloured_pixels(0.75) - accent_only,
+    )
     assert quarter > 0
     assert three_quarters == pytest.approx(3 * quarter, rel=0.1)
 
@@ -145,7 +150,9 @@ def test_fit_text_truncates_with_an_ellipsis():
 
 
 def test_status_line_shows_missing_numbers_as_dashes():
-    full, *_ = status_texts(state(capture_fps=None, model_fps=float("nan"), latency_ms=None, source_name=""))
+    full, *_ = status_texts(
+        state(capture_fps=None, model_fps=float("nan"), latency_ms=None, source_name="")
+    )
     assert full == "capture -- fps | model -- fps | latency -- ms"
     lines = status_texts(state())
     assert lines[0] == "kitchen.mp4 | capture 30.0 fps | model 4.0 fps | latency 118 ms"

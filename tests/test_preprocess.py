@@ -50,7 +50,9 @@ def test_power_of_two_shrink_is_the_box_average_of_the_centre_square():
     assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
 
 
-@pytest.mark.parametrize(("h", "w", "size"), [(1080, 1920, 112), (720, 1280, 112), (1080, 1920, 224)])
+@pytest.mark.parametrize(
+    ("h", "w", "size"), [(1080, 1920, 112), (720, 1280, 112), (1080, 1920, 224)]
+)
 def test_fine_detail_is_averaged_not_aliased(h, w, size):
     # One-pixel black/white checks carry no detail a 112 px crop can show: every output pixel
     # must be the average grey. Point sampling (nearest, or bilinear on a fractional grid)

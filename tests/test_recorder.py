@@ -102,8 +102,12 @@ def without_pyav(monkeypatch):
 def test_a_recording_is_h264_yuv420p_with_every_frame_at_its_source_time(tmp_path, probe):
     video = coded_video(tmp_path / "coded.avi", 45)
     record = tmp_path / "out.mp4"
-    assert main(["--source", str(video), "--model", str(probe), "--record", str(record),
-                 "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["--source", str(video), "--model", str(probe), "--record", str(record), "--no-display"]
+        )
+        == 0
+    )
     assert video_stream_info(record) == ("h264", "yuv420p", *SIZE)
     frames = decoded(record)
     assert [index for _, index in frames] == list(range(45))
@@ -187,8 +191,23 @@ def test_a_realtime_recording_with_drops_spans_the_wall_time(tmp_path, probe, mo
     frames = 360  # 12 s: start-up and shutdown (about 0.1 s) stay well inside the 2%
     video = coded_video(tmp_path / "coded.avi", frames)
     record, events = tmp_path / "out.mp4", tmp_path / "e.jsonl"
-    assert main(["--source", str(video), "--model", str(probe), "--realtime", "--record",
-                 str(record), "--events", str(events), "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(video),
+                "--model",
+                str(probe),
+                "--realtime",
+                "--record",
+                str(record),
+                "--events",
+                str(events),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     summary = events_of(events)[-1]
     assert summary["dropped_frames"] > frames / 8  # the drops were forced (about a quarter)
     recorded = decoded(record)
@@ -206,10 +225,26 @@ def test_after_sigkill_the_mp4_plays_every_frame_but_the_last_two_seconds(tmp_pa
     video = coded_video(tmp_path / "coded.avi", 600)  # 20 s, far more than the run sees
     record, events = tmp_path / "out.mp4", tmp_path / "e.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", "--source", str(video), "--model", str(probe),
-         "--realtime", "--record", str(record), "--events", str(events), "--no-display"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "--source",
+            str(video),
+            "--model",
+            str(probe),
+            "--realtime",
+            "--record",
+            str(record),
+            "--events",
+            str(events),
+            "--no-display",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         last = 0.0
@@ -259,9 +294,13 @@ for index in range(1000):
 def test_after_sigkill_every_frame_written_plays_but_the_last_two_seconds(tmp_path):
     record = tmp_path / "live.mp4"
     proc = subprocess.Popen(
-        [sys.executable, "-c", LIVE_RECORDER, str(record), str(ROOT / "tests")], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-c", LIVE_RECORDER, str(record), str(ROOT / "tests")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     written: list[float] = []
     try:
         for line in proc.stdout:
@@ -304,14 +343,18 @@ def test_a_write_that_fails_past_the_reserve_is_one_line(tmp_path, probe, capsys
 
             monkeypatch.setattr(stream.recorder._H264File, "write", filling)
         record = disk / "out.mp4"
-        rc = main(["--source", str(video), "--model", str(probe), "--record", str(record),
-                   "--no-display"])  # fmt: skip
+        rc = main(
+            ["--source", str(video), "--model", str(probe), "--record", str(record), "--no-display"]
+        )
         line = one_line_error(capsys.readouterr().err, "epic-stream")
         playable = count_frames(record)
     assert rc == OutputError.exit_code
-    match = re.search(r"recording stopped: the video could not be written \(.*No space left on "
-                      r"device.*\); (.+) plays up to its last whole fragment, at most a second "
-                      r"before frame (\d+)$", line)  # fmt: skip
+    match = re.search(
+        r"recording stopped: the video could not be written \(.*No space left on "
+        r"device.*\); (.+) plays up to its last whole fragment, at most a second "
+        r"before frame (\d+)$",
+        line,
+    )
     assert match and match.group(1) == str(record), line
     assert int(match.group(2)) - FPS <= playable <= int(match.group(2))
 
@@ -322,8 +365,20 @@ def test_a_write_that_fails_past_the_reserve_is_one_line(tmp_path, probe, capsys
 def test_without_pyav_opencv_records_mp4v_and_says_so_once(tmp_path, probe, without_pyav, capsys):
     video = coded_video(tmp_path / "coded.avi", 20)
     for name in ("one.mp4", "two.mp4"):
-        assert main(["--source", str(video), "--model", str(probe), "--record",
-                     str(tmp_path / name), "--no-display"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "--source",
+                    str(video),
+                    "--model",
+                    str(probe),
+                    "--record",
+                    str(tmp_path / name),
+                    "--no-display",
+                ]
+            )
+            == 0
+        )
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "PyAV cannot be imported" in line]
     assert len(warnings) == 1, err

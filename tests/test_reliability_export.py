@@ -27,10 +27,13 @@ def _python_objects(path):  # a training script's dump: tensors next to arbitrar
     ("write", "reason"),
     [
         (_random_bytes, "(not a file written by torch.save)"),
-        (_python_objects, "(it holds Python objects besides tensors, which are only unpickled "
-                          "from an epic-train .ckpt: unpickling them could run code)"),
+        (
+            _python_objects,
+            "(it holds Python objects besides tensors, which are only unpickled "
+            "from an epic-train .ckpt: unpickling them could run code)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_file_that_is_not_a_checkpoint_is_named_and_explained(tmp_path, capsys, write, reason):
     path = tmp_path / "weights.pyth"
     write(path)
@@ -38,7 +41,9 @@ def test_a_file_that_is_not_a_checkpoint_is_named_and_explained(tmp_path, capsys
     rc = main(["--checkpoint", str(path), "--output", str(output)])
     line = one_line_error(capsys.readouterr().err, "epic-export")
     assert rc == 2
-    assert line.startswith(f"epic-export: error: {path}: cannot be read as a PyTorch checkpoint {reason}")
+    assert line.startswith(
+        f"epic-export: error: {path}: cannot be read as a PyTorch checkpoint {reason}"
+    )
     assert "weights_only" not in line
     assert not output.exists()
 
@@ -52,4 +57,6 @@ def test_random_bytes_named_ckpt_are_not_unpickled(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(torch, "load", unpickle)
     assert main(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")]) == 2
-    assert "(not a file written by torch.save)" in one_line_error(capsys.readouterr().err, "epic-export")
+    assert "(not a file written by torch.save)" in one_line_error(
+        capsys.readouterr().err, "epic-export"
+    )

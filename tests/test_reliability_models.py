@@ -23,8 +23,21 @@ def test_without_clip_seconds_clips_are_consecutive_frames_with_one_warning(
     levels = [10 + 8 * i for i in range(24)]
     folder = make_frame_folder(levels=levels)
     events = tmp_path / "e.jsonl"
-    rc = main(["--source", str(folder), "--model", str(model), "--every", "5", "--fps", "60",
-               "--events", str(events), "--no-display"])  # fmt: skip
+    rc = main(
+        [
+            "--source",
+            str(folder),
+            "--model",
+            str(model),
+            "--every",
+            "5",
+            "--fps",
+            "60",
+            "--events",
+            str(events),
+            "--no-display",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     warnings = [line for line in captured.err.splitlines() if "clip_seconds" in line]
@@ -33,7 +46,9 @@ def test_without_clip_seconds_clips_are_consecutive_frames_with_one_warning(
         f"clips will be {T} consecutive frames"
     ]
     assert "4 frames over consecutive frames" in captured.out
-    predictions = [e for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "prediction"]
+    predictions = [
+        e for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "prediction"
+    ]
     assert [p["frame_index"] for p in predictions] == [0, 5, 10, 15, 20]
     for p in predictions:
         k = p["frame_index"]

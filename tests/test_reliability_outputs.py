@@ -60,7 +60,9 @@ def test_an_output_in_a_read_only_folder_is_refused_before_the_stream_starts(
     video = make_video(frames=3)
     with read_only_folder(tmp_path, monkeypatch) as (folder, how):
         target = folder / ("out.mp4" if option == "--record" else "events.jsonl")
-        rc = main(["--source", str(video), "--model", str(probe), option, str(target), "--no-display"])
+        rc = main(
+            ["--source", str(video), "--model", str(probe), option, str(target), "--no-display"]
+        )
         line = one_line_error(capsys.readouterr().err, PROG)
         assert not target.exists(), how
     assert rc == OutputError.exit_code == 2
@@ -84,11 +86,25 @@ def test_recording_stops_cleanly_when_the_disk_fills(tmp_path, probe, capsys, mo
 
             monkeypatch.setattr(stream.recorder.shutil, "disk_usage", disk_usage)
         record, events = disk / "out.mp4", disk / "events.jsonl"
-        rc = main(["--source", str(video), "--model", str(probe), "--record", str(record),
-                   "--events", str(events), "--no-display"])  # fmt: skip
+        rc = main(
+            [
+                "--source",
+                str(video),
+                "--model",
+                str(probe),
+                "--record",
+                str(record),
+                "--events",
+                str(events),
+                "--no-display",
+            ]
+        )
         line = one_line_error(capsys.readouterr().err, PROG)
-        match = re.search(r"recording stopped: the disk is full \(\d+ MiB left\); (.+) keeps the "
-                          r"(\d+) frames written so far", line)  # fmt: skip
+        match = re.search(
+            r"recording stopped: the disk is full \(\d+ MiB left\); (.+) keeps the "
+            r"(\d+) frames written so far",
+            line,
+        )
         assert rc == OutputError.exit_code and match, line
         kept = int(match.group(2))
         assert match.group(1) == str(record)
@@ -137,8 +153,21 @@ def test_an_events_file_on_a_disk_that_fills_is_one_line_and_the_recording_survi
                     while True:
                         filler.write(b"\0" * 4096)
                 filler.truncate(filler.tell() - room)  # ... then free a little
-        rc = main(["--source", str(make_video(frames=120)), "--model", str(probe), "--every", "1",
-                   "--record", str(record), "--events", str(events), "--no-display"])  # fmt: skip
+        rc = main(
+            [
+                "--source",
+                str(make_video(frames=120)),
+                "--model",
+                str(probe),
+                "--every",
+                "1",
+                "--record",
+                str(record),
+                "--events",
+                str(events),
+                "--no-display",
+            ]
+        )
         line = one_line_error(capsys.readouterr().err, PROG)
         written = events.read_text().count("\n")
     assert rc == OutputError.exit_code
@@ -175,7 +204,15 @@ def test_a_live_camera_measured_above_65_fps_is_recorded(tmp_path, pyav, monkeyp
     assert count_frames(tmp_path / "cam.mp4") == 40
 
 
-@pytest.mark.parametrize(("fps", "stored"), [(30.0, 30.0), (30000 / 1001, 30000 / 1001),
-                                             (23.976, 23.976), (136.987, 136.99), (1000.4, 1000.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fps", "stored"),
+    [
+        (30.0, 30.0),
+        (30000 / 1001, 30000 / 1001),
+        (23.976, 23.976),
+        (136.987, 136.99),
+        (1000.4, 1000.0),
+    ],
+)
 def test_writable_fps_changes_only_what_mpeg4_cannot_hold(fps, stored):
     assert writable_fps(fps) == pytest.approx(stored, abs=1e-9)

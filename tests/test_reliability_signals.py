@@ -57,8 +57,13 @@ def camera(mjpeg_server):
 def run_and_signal(argv: list[str], events: Path, sig: signal.Signals) -> tuple[int, str, float]:
     """Start ``python -m stream ARGV``, send ``sig`` once it has streamed for a while; return
     (exit code, stderr, seconds from the signal to the exit)."""
-    proc = subprocess.Popen([sys.executable, "-m", "stream", *argv], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while proc.poll() is None and predictions_in(events) < 5 and time.monotonic() < deadline:
@@ -93,10 +98,24 @@ def test_a_signal_stops_a_file_cleanly(tmp_path, make_video, slow_model, sig, co
     video = make_video("long.mp4", frames=300)
     record, events = tmp_path / "out.mp4", tmp_path / "events.jsonl"
     rc, err, took = run_and_signal(
-        ["--source", str(video), "--model", str(slow_model), "--every", "1", "--threads", "1",
-         "--record", str(record), "--events", str(events), "--no-display"],
-        events, sig,
-    )  # fmt: skip
+        [
+            "--source",
+            str(video),
+            "--model",
+            str(slow_model),
+            "--every",
+            "1",
+            "--threads",
+            "1",
+            "--record",
+            str(record),
+            "--events",
+            str(events),
+            "--no-display",
+        ],
+        events,
+        sig,
+    )
     assert rc == code, err
     assert took < EXIT_WITHIN_S
     assert "Traceback" not in err and "did not stop" not in err
@@ -110,10 +129,20 @@ def test_a_signal_stops_a_live_camera_cleanly(tmp_path, camera, sig, code):
     model = probe_model(tmp_path / "probe.onnx")
     record, events = tmp_path / "cam.avi", tmp_path / "cam.jsonl"
     rc, err, took = run_and_signal(
-        ["--source", camera.url, "--model", str(model), "--record", str(record),
-         "--events", str(events), "--no-display"],
-        events, sig,
-    )  # fmt: skip
+        [
+            "--source",
+            camera.url,
+            "--model",
+            str(model),
+            "--record",
+            str(record),
+            "--events",
+            str(events),
+            "--no-display",
+        ],
+        events,
+        sig,
+    )
     assert rc == code, err
     assert took < EXIT_WITHIN_S
     assert "Traceback" not in err and "did not stop" not in err
@@ -171,8 +200,14 @@ def test_in_process_a_signal_leaves_no_thread_for_a_file(tmp_path, make_video, m
     monkeypatch.setattr(Runner, "run", lambda self, n=1: time.sleep(0.03) or original(self, n))
     model = probe_model(tmp_path / "probe.onnx")
     record, events = tmp_path / "out.mp4", tmp_path / "e.jsonl"
-    options = StreamOptions(source=str(make_video("v.mp4", frames=300)), model=model, every=1,
-                            record=record, events=events, display=False)  # fmt: skip
+    options = StreamOptions(
+        source=str(make_video("v.mp4", frames=300)),
+        model=model,
+        every=1,
+        record=record,
+        events=events,
+        display=False,
+    )
     summary = run_in_process(options, sig, frames=20)
     assert summary_of(events) == summary and summary["ended_by"] == sig.name
     assert 0 < summary["frames"] < 300
@@ -183,8 +218,9 @@ def test_in_process_a_signal_leaves_no_thread_for_a_file(tmp_path, make_video, m
 def test_in_process_a_signal_leaves_no_thread_for_a_live_camera(tmp_path, camera, sig):
     model = probe_model(tmp_path / "probe.onnx")
     record, events = tmp_path / "cam.mp4", tmp_path / "cam.jsonl"
-    options = StreamOptions(source=camera.url, model=model, record=record, events=events,
-                            display=False, reconnect=0)  # fmt: skip
+    options = StreamOptions(
+        source=camera.url, model=model, record=record, events=events, display=False, reconnect=0
+    )
     summary = run_in_process(options, sig, frames=20)
     assert summary_of(events) == summary and summary["ended_by"] == sig.name
     assert count_frames(record) == summary["frames"] > 0
@@ -196,10 +232,26 @@ def test_a_signal_while_a_live_camera_stalls_still_exits_in_time(tmp_path):
     server = StallingServer(grey_frames(range(40, 240, 20)))  # 10 frames, then silence
     model = probe_model(tmp_path / "probe.onnx")
     record, events = tmp_path / "cam.avi", tmp_path / "cam.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "stream", "--source", server.url, "--model",
-                             str(model), "--record", str(record), "--events", str(events),
-                             "--no-display"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "--source",
+            server.url,
+            "--model",
+            str(model),
+            "--record",
+            str(record),
+            "--events",
+            str(events),
+            "--no-display",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while predictions_in(events) < 1 and proc.poll() is None and time.monotonic() < deadline:
@@ -229,10 +281,25 @@ def test_after_sigkill_an_avi_recording_and_the_events_so_far_survive(tmp_path, 
     for the end and is lost: see test_reliability_sources.py's never-finalized case.)"""
     model = probe_model(tmp_path / "probe.onnx")
     record, events = tmp_path / "cam.avi", tmp_path / "cam.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "stream", "--source", camera.url, "--model",
-                             str(model), "--record", str(record), "--events", str(events),
-                             "--no-display"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream",
+            "--source",
+            camera.url,
+            "--model",
+            str(model),
+            "--record",
+            str(record),
+            "--events",
+            str(events),
+            "--no-display",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while predictions_in(events) < 90 and proc.poll() is None and time.monotonic() < deadline:

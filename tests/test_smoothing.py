@@ -161,7 +161,9 @@ def test_ema_default_response_time_is_two_updates():
     assert updates_until(ema, confident(1), "wash") == 2
 
 
-@pytest.mark.parametrize("policy", [SmoothingPolicy.EMA, SmoothingPolicy.VOTE, SmoothingPolicy.HYSTERESIS])
+@pytest.mark.parametrize(
+    "policy", [SmoothingPolicy.EMA, SmoothingPolicy.VOTE, SmoothingPolicy.HYSTERESIS]
+)
 def test_defaults_hide_a_single_glitch(policy):
     smoother = make_smoother(policy, NAMES)
     for _ in range(10):
@@ -221,7 +223,11 @@ def test_make_smoother_uses_documented_defaults():
     assert ema.weight(0.25) == pytest.approx(DEFAULT_ALPHA, abs=0.01)  # today's feel at 4/s
     assert ema.min_score == pytest.approx(default_min_score(3))
     assert make_smoother("vote", NAMES).window_s == DEFAULT_WINDOW_S == DEFAULT_WINDOW / 4
-    assert make_smoother("hysteresis", NAMES).window_s == DEFAULT_HYSTERESIS_WINDOW_S == DEFAULT_HYSTERESIS_WINDOW / 4
+    assert (
+        make_smoother("hysteresis", NAMES).window_s
+        == DEFAULT_HYSTERESIS_WINDOW_S
+        == DEFAULT_HYSTERESIS_WINDOW / 4
+    )
     assert make_smoother("ema", NAMES, alpha=0.3).alpha == 0.3  # counts still work
     assert make_smoother("vote", NAMES, window=7).window == 7
     assert (default_window("vote"), default_window("hysteresis"), default_window("ema")) == (
@@ -325,12 +331,16 @@ def follow_time(smoother, rate: float) -> float:
 
 @pytest.mark.parametrize("policy", ["ema", "vote", "hysteresis"])
 def test_the_label_follows_in_the_same_time_at_2_4_and_30_predictions_a_second(policy):
-    times = {rate: follow_time(make_smoother(policy, NAMES, min_score=0.0), rate) for rate in (2, 4, 30)}
+    times = {
+        rate: follow_time(make_smoother(policy, NAMES, min_score=0.0), rate) for rate in (2, 4, 30)
+    }
     assert all(0.3 <= t <= 1.0 for t in times.values()), times
     # Counts would not: a window of 5 predictions is 2.5 s at 2/s and 0.17 s at 30/s.
     if policy != "ema":
-        counted = {rate: follow_time(make_smoother(policy, NAMES, window=3, min_score=0.0), rate)
-                   for rate in (2, 30)}  # fmt: skip
+        counted = {
+            rate: follow_time(make_smoother(policy, NAMES, window=3, min_score=0.0), rate)
+            for rate in (2, 30)
+        }
         assert counted[2] > 5 * counted[30]
 
 

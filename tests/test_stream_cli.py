@@ -49,9 +49,25 @@ def test_help_names_every_promised_option(capsys):
         main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--source", "--model", "--record", "--events", "--no-display", "--realtime",
-                   "--smoothing", "--alpha", "--window", "--min-score", "--every", "--top-k",
-                   "--device", "--threads", "--reconnect", "--fps", "--debug"):  # fmt: skip
+    for option in (
+        "--source",
+        "--model",
+        "--record",
+        "--events",
+        "--no-display",
+        "--realtime",
+        "--smoothing",
+        "--alpha",
+        "--window",
+        "--min-score",
+        "--every",
+        "--top-k",
+        "--device",
+        "--threads",
+        "--reconnect",
+        "--fps",
+        "--debug",
+    ):
         assert option in text
     assert "60 fps" in text  # EPIC-KITCHENS frame folders
 
@@ -150,10 +166,14 @@ def test_debug_shows_the_traceback(tmp_path, make_video):
 
 
 @pytest.mark.parametrize("option", ["--record", "--events"])
-def test_unwritable_outputs_are_refused_before_the_stream_starts(tmp_path, probe, make_video, capsys, option, monkeypatch):
+def test_unwritable_outputs_are_refused_before_the_stream_starts(
+    tmp_path, probe, make_video, capsys, option, monkeypatch
+):
     opened = []
     monkeypatch.setattr("stream.pipeline.open_source", lambda *a, **k: opened.append(a))
-    target = tmp_path / "no" / "such" / "folder" / ("out.mp4" if option == "--record" else "e.jsonl")
+    target = (
+        tmp_path / "no" / "such" / "folder" / ("out.mp4" if option == "--record" else "e.jsonl")
+    )
     rc = main(["--source", str(make_video(frames=3)), "--model", str(probe), option, str(target)])
     assert rc != 0
     assert "does not exist" in one_line_error(capsys)
@@ -164,7 +184,9 @@ def test_a_record_path_that_is_a_folder_or_of_unknown_type(tmp_path, probe, make
     video = str(make_video(frames=3))
     assert main(["--source", video, "--model", str(probe), "--record", str(tmp_path)]) != 0
     one_line_error(capsys)
-    assert main(["--source", video, "--model", str(probe), "--record", str(tmp_path / "out.gif")]) != 0
+    assert (
+        main(["--source", video, "--model", str(probe), "--record", str(tmp_path / "out.gif")]) != 0
+    )
     assert "unknown video type" in one_line_error(capsys)
 
 
@@ -221,8 +243,21 @@ def test_a_signal_leaves_a_playable_recording_and_a_summary(tmp_path, make_video
     model = probe_model(tmp_path / "probe.onnx")
     video = make_video("long.mp4", frames=300)  # 10 s at 30 fps, played in real time
     record, events = tmp_path / "out.mp4", tmp_path / "events.jsonl"
-    command = [sys.executable, "-m", "stream", "--source", str(video), "--model", str(model),
-               "--realtime", "--record", str(record), "--events", str(events), "--no-display"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stream",
+        "--source",
+        str(video),
+        "--model",
+        str(model),
+        "--realtime",
+        "--record",
+        str(record),
+        "--events",
+        str(events),
+        "--no-display",
+    ]
     proc = subprocess.Popen(
         command,
         cwd=ROOT,

@@ -28,8 +28,18 @@ from stream.prediction import Label
 from stream.runtime import Runner
 
 T = 4  # probe clip length
-TIMING_KEYS = {"latency_ms", "latency_ms_p50", "latency_ms_p95", "inference_ms_mean", "fps", "model_fps", "wall_s",
-               "wall_time", "wall_start", "wall_end"}  # fmt: skip
+TIMING_KEYS = {
+    "latency_ms",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "inference_ms_mean",
+    "fps",
+    "model_fps",
+    "wall_s",
+    "wall_time",
+    "wall_start",
+    "wall_end",
+}
 
 
 def read_events(path: Path) -> list[dict]:
@@ -50,11 +60,23 @@ def probe(tmp_path) -> Path:
     return probe_model(tmp_path / "probe.onnx", num_frames=T, image_size=16, clip_seconds=0.3)
 
 
-def test_file_mode_feeds_the_model_in_order_with_the_right_spacing(tmp_path, probe, make_frame_folder):
+def test_file_mode_feeds_the_model_in_order_with_the_right_spacing(
+    tmp_path, probe, make_frame_folder
+):
     levels = [5 + 4 * i for i in range(60)]  # 2 s at 30 fps; PNG keeps every level exact
     folder = make_frame_folder(levels=levels)
     events_path = tmp_path / "events.jsonl"
-    rc = main(["--source", str(folder), "--model", str(probe), "--events", str(events_path), "--no-display"])
+    rc = main(
+        [
+            "--source",
+            str(folder),
+            "--model",
+            str(probe),
+            "--events",
+            str(events_path),
+            "--no-display",
+        ]
+    )
     assert rc == 0
     events = read_events(events_path)
     predictions = [e for e in events if e["type"] == "prediction"]
@@ -78,8 +100,24 @@ def test_file_mode_feeds_the_model_in_order_with_the_right_spacing(tmp_path, pro
 def test_every_sets_the_prediction_frames(tmp_path, probe, make_frame_folder):
     folder = make_frame_folder(levels=range(10, 110, 4))  # 25 frames
     events_path = tmp_path / "e.jsonl"
-    assert main(["--source", str(folder / "*.png"), "--model", str(probe), "--every", "5",
-                 "--events", str(events_path), "--no-display", "--fps", "60"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(folder / "*.png"),
+                "--model",
+                str(probe),
+                "--every",
+                "5",
+                "--events",
+                str(events_path),
+                "--no-display",
+                "--fps",
+                "60",
+            ]
+        )
+        == 0
+    )
     predictions = [e for e in read_events(events_path) if e["type"] == "prediction"]
     assert [p["frame_index"] for p in predictions] == [0, 5, 10, 15, 20]
     # At 60 fps, 0.1 s is 6 frames.
@@ -102,8 +140,22 @@ def test_every_source_frame_is_recorded_in_order(tmp_path, probe, make_video):
     video = make_video("ramp.mp4", levels=levels, size=(320, 240))
     record = tmp_path / "out.avi"
     events_path = tmp_path / "e.jsonl"
-    assert main(["--source", str(video), "--model", str(probe), "--record", str(record),
-                 "--events", str(events_path), "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(video),
+                "--model",
+                str(probe),
+                "--record",
+                str(record),
+                "--events",
+                str(events_path),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     source_frames, recorded = read_frames(video), read_frames(record)
     assert len(recorded) == len(source_frames) == 29
     assert recorded[0].shape == source_frames[0].shape
@@ -122,16 +174,36 @@ def test_every_source_frame_is_recorded_in_order(tmp_path, probe, make_video):
 
 
 def test_two_runs_give_the_same_events(tmp_path, make_video):
-    model = classifier_model(tmp_path / "c.onnx", clip_seconds=0.5, class_names=("a", "b", "c", "d"))
+    model = classifier_model(
+        tmp_path / "c.onnx", clip_seconds=0.5, class_names=("a", "b", "c", "d")
+    )
     video = make_video("v.mp4", levels=[(37 * i) % 240 for i in range(40)])
     runs = []
     for run in range(2):
         events_path = tmp_path / f"run{run}.jsonl"
-        assert main(["--source", str(video), "--model", str(model), "--events", str(events_path),
-                     "--no-display", "--every", "3", "--smoothing", "vote"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "--source",
+                    str(video),
+                    "--model",
+                    str(model),
+                    "--events",
+                    str(events_path),
+                    "--no-display",
+                    "--every",
+                    "3",
+                    "--smoothing",
+                    "vote",
+                ]
+            )
+            == 0
+        )
         runs.append(without_timing(read_events(events_path)))
     assert runs[0] == runs[1]
-    assert sum(e["type"] == "prediction" for e in runs[0]) == 14 and runs[0][-1]["type"] == "summary"
+    assert (
+        sum(e["type"] == "prediction" for e in runs[0]) == 14 and runs[0][-1]["type"] == "summary"
+    )
 
 
 def test_each_recorded_frame_carries_the_latest_prediction_at_or_before_it(
@@ -139,8 +211,9 @@ def test_each_recorded_frame_carries_the_latest_prediction_at_or_before_it(
 ):
     """The presenter waits for the prediction due at a frame before presenting it."""
     folder = make_frame_folder(levels=range(10, 210, 10))  # 20 frames
-    options = StreamOptions(source=str(folder), model=probe, display=False, every=4,
-                            smoothing="none", min_score=0.0)  # fmt: skip
+    options = StreamOptions(
+        source=str(folder), model=probe, display=False, every=4, smoothing="none", min_score=0.0
+    )
     shown: list[tuple[int, int | None]] = []
     original = stream.channel.StreamChannel._present
 
@@ -157,8 +230,20 @@ def test_each_recorded_frame_carries_the_latest_prediction_at_or_before_it(
 def test_a_frame_folder_of_jpegs_with_a_glob(tmp_path, probe, make_frame_folder):
     folder = make_frame_folder(levels=range(20, 200, 20), ext=".jpg")
     record = tmp_path / "out.mp4"
-    assert main(["--source", str(folder / "frame_*.jpg"), "--model", str(probe),
-                 "--record", str(record), "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(folder / "frame_*.jpg"),
+                "--model",
+                str(probe),
+                "--record",
+                str(record),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     assert count_frames(record) == 9
 
 
@@ -167,9 +252,24 @@ def test_frames_that_change_size_midstream_are_recorded_at_the_first_size(tmp_pa
     folder.mkdir()
     sizes = [(160, 120)] * 5 + [(320, 180)] * 5 + [(90, 160)] * 5
     for i, (w, h) in enumerate(sizes):
-        cv2.imwrite(str(folder / f"frame_{i + 1:010d}.png"), np.full((h, w, 3), 60 + 8 * i, np.uint8))
+        cv2.imwrite(
+            str(folder / f"frame_{i + 1:010d}.png"), np.full((h, w, 3), 60 + 8 * i, np.uint8)
+        )
     record = tmp_path / "out.mp4"
-    assert main(["--source", str(folder), "--model", str(probe), "--record", str(record), "--no-display"]) == 0
+    assert (
+        main(
+            [
+                "--source",
+                str(folder),
+                "--model",
+                str(probe),
+                "--record",
+                str(record),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     frames = read_frames(record)
     assert len(frames) == 15 and {f.shape for f in frames} == {(120, 160, 3)}
 
@@ -185,12 +285,20 @@ def slow_runner(monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(Runner, "run", run)
 
 
-def test_realtime_with_a_slow_model_always_takes_the_newest_clip(tmp_path, probe, make_video, monkeypatch):
+def test_realtime_with_a_slow_model_always_takes_the_newest_clip(
+    tmp_path, probe, make_video, monkeypatch
+):
     slow_runner(monkeypatch, 0.15)  # ~5 frame intervals at 30 fps
     video = make_video("v.mp4", frames=60)
     record = tmp_path / "out.mp4"
-    options = StreamOptions(source=str(video), model=probe, display=False, realtime=True, record=record,
-                            trace_clips=True)  # fmt: skip
+    options = StreamOptions(
+        source=str(video),
+        model=probe,
+        display=False,
+        realtime=True,
+        record=record,
+        trace_clips=True,
+    )
     pipeline = StreamPipeline(options)
     summary = pipeline.run()
     clips = list(pipeline.channels[0].lane.clips)
@@ -210,7 +318,9 @@ def test_realtime_with_a_slow_model_always_takes_the_newest_clip(tmp_path, probe
     assert not stream_threads()
 
 
-def test_realtime_drops_are_counted_and_every_presented_frame_recorded(tmp_path, probe, make_video, monkeypatch):
+def test_realtime_drops_are_counted_and_every_presented_frame_recorded(
+    tmp_path, probe, make_video, monkeypatch
+):
     # A presenter slower than the source (60 ms a frame against 33 ms): a live stream cannot
     # wait for it, so frames must drop, and be counted.
     original = stream.channel.draw_overlay
@@ -222,8 +332,23 @@ def test_realtime_drops_are_counted_and_every_presented_frame_recorded(tmp_path,
     monkeypatch.setattr(stream.channel, "draw_overlay", slow_overlay)
     video = make_video("v.mp4", frames=45)
     record, events_path = tmp_path / "out.mp4", tmp_path / "e.jsonl"
-    assert main(["--source", str(video), "--model", str(probe), "--realtime", "--record", str(record),
-                 "--events", str(events_path), "--no-display"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(video),
+                "--model",
+                str(probe),
+                "--realtime",
+                "--record",
+                str(record),
+                "--events",
+                str(events_path),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     summary = read_events(events_path)[-1]
     assert summary["dropped_frames"] > 0
     assert summary["frames"] + summary["dropped_frames"] == 45
@@ -235,8 +360,24 @@ def test_realtime_drops_are_counted_and_every_presented_frame_recorded(tmp_path,
 def test_mjpeg_over_http(tmp_path, probe, mjpeg_server):
     server = mjpeg_server(grey_frames([(9 * i) % 250 for i in range(30)]), fps=30)
     record, events_path = tmp_path / "cam.mp4", tmp_path / "cam.jsonl"
-    assert main(["--source", server.url, "--model", str(probe), "--record", str(record),
-                 "--events", str(events_path), "--no-display", "--reconnect", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                server.url,
+                "--model",
+                str(probe),
+                "--record",
+                str(record),
+                "--events",
+                str(events_path),
+                "--no-display",
+                "--reconnect",
+                "0",
+            ]
+        )
+        == 0
+    )
     events = read_events(events_path)
     summary = events[-1]
     assert summary["mode"] == "live"
@@ -245,12 +386,25 @@ def test_mjpeg_over_http(tmp_path, probe, mjpeg_server):
     assert count_frames(record) == summary["frames"]
 
 
-def test_an_error_in_the_capture_thread_ends_the_run_with_outputs_finalized(tmp_path, probe, make_frame_folder, capsys):
+def test_an_error_in_the_capture_thread_ends_the_run_with_outputs_finalized(
+    tmp_path, probe, make_frame_folder, capsys
+):
     folder = make_frame_folder(levels=range(10, 250, 10))
     (folder / "frame_0000000012.png").write_bytes(b"corrupt")
     record, events_path = tmp_path / "out.mp4", tmp_path / "e.jsonl"
-    rc = main(["--source", str(folder), "--model", str(probe), "--record", str(record),
-               "--events", str(events_path), "--no-display"])  # fmt: skip
+    rc = main(
+        [
+            "--source",
+            str(folder),
+            "--model",
+            str(probe),
+            "--record",
+            str(record),
+            "--events",
+            str(events_path),
+            "--no-display",
+        ]
+    )
     assert rc == SourceError.exit_code != 0
     err = capsys.readouterr().err
     assert "epic-stream: error: cannot read frame image" in err and "Traceback" not in err
@@ -259,15 +413,28 @@ def test_an_error_in_the_capture_thread_ends_the_run_with_outputs_finalized(tmp_
     assert not stream_threads()
 
 
-def test_a_bug_in_the_scheduler_is_reraised_in_the_main_thread(tmp_path, probe, make_video, monkeypatch):
+def test_a_bug_in_the_scheduler_is_reraised_in_the_main_thread(
+    tmp_path, probe, make_video, monkeypatch
+):
     def broken(self, batch):
         raise ZeroDivisionError("a bug in the scheduler")
 
     monkeypatch.setattr(stream.scheduler.InferenceScheduler, "_run_batch", broken)
     events_path, record = tmp_path / "e.jsonl", tmp_path / "out.mp4"
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
-        main(["--source", str(make_video(frames=20)), "--model", str(probe),
-              "--events", str(events_path), "--record", str(record), "--no-display"])  # fmt: skip
+        main(
+            [
+                "--source",
+                str(make_video(frames=20)),
+                "--model",
+                str(probe),
+                "--events",
+                str(events_path),
+                "--record",
+                str(record),
+                "--no-display",
+            ]
+        )
     assert read_events(events_path)[-1]["ended_by"] == "error: ZeroDivisionError"
     assert not stream_threads()
 
@@ -283,8 +450,19 @@ def test_a_full_disk_stops_the_recording_cleanly(tmp_path, probe, make_video, mo
 
     monkeypatch.setattr(stream.recorder.shutil, "disk_usage", filling)
     record, events_path = tmp_path / "out.mp4", tmp_path / "e.jsonl"
-    rc = main(["--source", str(make_video(frames=60)), "--model", str(probe), "--record", str(record),
-               "--events", str(events_path), "--no-display"])  # fmt: skip
+    rc = main(
+        [
+            "--source",
+            str(make_video(frames=60)),
+            "--model",
+            str(probe),
+            "--record",
+            str(record),
+            "--events",
+            str(events_path),
+            "--no-display",
+        ]
+    )
     assert rc == OutputError.exit_code
     err = capsys.readouterr().err
     assert "recording stopped: the disk is full" in err and "Traceback" not in err
@@ -302,14 +480,31 @@ def test_q_in_the_window_stops_the_stream(tmp_path, probe, make_video, monkeypat
     monkeypatch.setattr(cv2, "destroyWindow", lambda title: None)
     record, events_path = tmp_path / "out.mp4", tmp_path / "e.jsonl"
     # A long video (the window refreshes ~20 times a second; the third refresh quits).
-    assert main(["--source", str(make_video(frames=600)), "--model", str(probe), "--every", "1",
-                 "--record", str(record), "--events", str(events_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(make_video(frames=600)),
+                "--model",
+                str(probe),
+                "--every",
+                "1",
+                "--record",
+                str(record),
+                "--events",
+                str(events_path),
+            ]
+        )
+        == 0
+    )
     summary = read_events(events_path)[-1]
     assert 0 < summary["frames"] < 600 and summary["ended_by"] == "quit by the user"
     assert count_frames(record) == summary["frames"]
 
 
-def test_without_a_display_the_run_is_headless_and_says_so_once(tmp_path, probe, make_video, monkeypatch, capsys):
+def test_without_a_display_the_run_is_headless_and_says_so_once(
+    tmp_path, probe, make_video, monkeypatch, capsys
+):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr(stream.window.sys, "platform", "linux")
@@ -322,7 +517,20 @@ def test_a_truncated_file_ends_cleanly_with_a_note(tmp_path, probe, make_video, 
     cut = tmp_path / "cut.avi"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     events_path = tmp_path / "e.jsonl"
-    assert main(["--source", str(cut), "--model", str(probe), "--events", str(events_path), "--no-display"]) == 0
+    assert (
+        main(
+            [
+                "--source",
+                str(cut),
+                "--model",
+                str(probe),
+                "--events",
+                str(events_path),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     assert "ended early" in capsys.readouterr().err
     summary = read_events(events_path)[-1]
     assert 0 < summary["frames"] < 60
@@ -341,7 +549,9 @@ def test_a_stale_result_is_never_shown_as_fresh(tmp_path, probe, make_video, mon
 
     def present(self, image, info):
         result = original_present(self, image, info)
-        shown.append((info.time_s, None if self.latest is None else self.latest.time_s, states[-1].stale))
+        shown.append(
+            (info.time_s, None if self.latest is None else self.latest.time_s, states[-1].stale)
+        )
         return result
 
     monkeypatch.setattr(stream.channel, "draw_overlay", draw)
@@ -349,7 +559,13 @@ def test_a_stale_result_is_never_shown_as_fresh(tmp_path, probe, make_video, mon
     video = make_video("v.mp4", frames=75)
     # Recorded, because a frame that nobody sees or records is not drawn at all.
     StreamPipeline(
-        StreamOptions(source=str(video), model=probe, display=False, realtime=True, record=tmp_path / "out.mp4")
+        StreamOptions(
+            source=str(video),
+            model=probe,
+            display=False,
+            realtime=True,
+            record=tmp_path / "out.mp4",
+        )
     ).run()
     for frame_time, result_time, stale in shown:
         fresh = result_time is not None and frame_time - result_time <= stream.channel.STALE_AFTER_S
@@ -362,16 +578,48 @@ def test_headless_without_record_draws_nothing(tmp_path, probe, make_video, monk
     # stream draws every frame.
     drawn = []
     original = stream.channel.draw_overlay
-    monkeypatch.setattr(stream.channel, "draw_overlay", lambda frame, state: (drawn.append(1), original(frame, state)))
+    monkeypatch.setattr(
+        stream.channel,
+        "draw_overlay",
+        lambda frame, state: (drawn.append(1), original(frame, state)),
+    )
     video = make_video("v.mp4", frames=20)
     events_path = tmp_path / "e.jsonl"
-    assert main(["--source", str(video), "--model", str(probe), "--events", str(events_path), "--no-display"]) == 0
+    assert (
+        main(
+            [
+                "--source",
+                str(video),
+                "--model",
+                str(probe),
+                "--events",
+                str(events_path),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     assert drawn == [] and read_events(events_path)[-1]["frames"] == 20
-    assert main(["--source", str(video), "--model", str(probe), "--record", str(tmp_path / "o.mp4"), "--no-display"]) == 0
+    assert (
+        main(
+            [
+                "--source",
+                str(video),
+                "--model",
+                str(probe),
+                "--record",
+                str(tmp_path / "o.mp4"),
+                "--no-display",
+            ]
+        )
+        == 0
+    )
     assert len(drawn) == 20
 
 
-def test_a_signal_while_a_frame_is_recorded_leaves_counts_that_match(tmp_path, probe, make_video, monkeypatch):
+def test_a_signal_while_a_frame_is_recorded_leaves_counts_that_match(
+    tmp_path, probe, make_video, monkeypatch
+):
     # SIGTERM lands right after the recorder took frame 10 and before the frame was counted:
     # the summary must still count exactly the frames the recording holds. The presenter runs in
     # its own thread and the signal in the main one, so the stream stops at a frame boundary at
@@ -391,8 +639,19 @@ def test_a_signal_while_a_frame_is_recorded_leaves_counts_that_match(tmp_path, p
     monkeypatch.setattr(stream.recorder.VideoRecorder, "write", write)
     video = make_video("v.mp4", frames=40)
     record, events_path = tmp_path / "out.mp4", tmp_path / "e.jsonl"
-    code = main(["--source", str(video), "--model", str(probe), "--record", str(record),
-                 "--events", str(events_path), "--no-display"])  # fmt: skip
+    code = main(
+        [
+            "--source",
+            str(video),
+            "--model",
+            str(probe),
+            "--record",
+            str(record),
+            "--events",
+            str(events_path),
+            "--no-display",
+        ]
+    )
     summary = read_events(events_path)[-1]
     assert code == 143 and summary["ended_by"] == "SIGTERM"
     assert summary["frames"] == len(written) == count_frames(record) >= 10

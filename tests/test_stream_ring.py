@@ -14,12 +14,17 @@ S = 4  # model-size frames: tiny, the ring does not care
 
 def make_ring(capacity=16, display=4, lossless=False, shape=(6, 8, 3)) -> FrameRing:
     return FrameRing(
-        capacity, S, shape, display_capacity=display,
+        capacity,
+        S,
+        shape,
+        display_capacity=display,
         overflow=Overflow.WAIT if lossless else Overflow.OVERWRITE,
     )
 
 
-def push(ring: FrameRing, value: int, time_s: float, index: int | None = None, stop=None) -> int | None:
+def push(
+    ring: FrameRing, value: int, time_s: float, index: int | None = None, stop=None
+) -> int | None:
     """Write one frame whose every pixel is ``value`` (model and display copies)."""
     seq = ring.reserve(stop)
     if seq is None:
@@ -31,7 +36,9 @@ def push(ring: FrameRing, value: int, time_s: float, index: int | None = None, s
     return seq
 
 
-def clip_values(ring: FrameRing, end: int, num_frames: int, clip_seconds) -> tuple[list[int], tuple]:
+def clip_values(
+    ring: FrameRing, end: int, num_frames: int, clip_seconds
+) -> tuple[list[int], tuple]:
     out = np.empty((num_frames, S, S, 3), np.uint8)
     info = ring.gather(end, num_frames, clip_seconds, out)
     assert (out == out[:, :1, :1, :1]).all(), "each gathered frame is one solid value"

@@ -248,7 +248,9 @@ def test_cache_dir_reaches_the_session_from_the_command_line(tmp_path, make_vide
 
 @pytest.mark.parametrize("io_binding", [False, True])
 def test_runner_feeds_the_clip_buffer_to_the_model(tmp_path, io_binding):
-    session, contract, provider = create_session(probe_model(tmp_path / "p.onnx", num_frames=3), "cpu")
+    session, contract, provider = create_session(
+        probe_model(tmp_path / "p.onnx", num_frames=3), "cpu"
+    )
     runner = Runner(session, contract, provider, io_binding=io_binding)
     assert runner.uses_io_binding is io_binding
     assert runner.clip.shape == (1, 3, 16, 16, 3) and runner.clip.dtype == np.uint8
@@ -263,7 +265,9 @@ def test_runner_feeds_the_clip_buffer_to_the_model(tmp_path, io_binding):
 
 @pytest.mark.parametrize("io_binding", [False, True])
 def test_runner_runs_the_first_n_clips_of_its_batch_buffer(tmp_path, io_binding):
-    session, contract, provider = create_session(probe_model(tmp_path / "p.onnx", num_frames=3), "cpu")
+    session, contract, provider = create_session(
+        probe_model(tmp_path / "p.onnx", num_frames=3), "cpu"
+    )
     runner = Runner(session, contract, provider, max_batch=4, io_binding=io_binding)
     assert runner.clip.shape == (4, 3, 16, 16, 3)
     rows = [[10, 20, 30], [200, 100, 0], [5, 5, 250], [77, 88, 99]]

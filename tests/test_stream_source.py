@@ -78,7 +78,11 @@ def test_folder_frames_are_sorted_naturally_and_non_images_ignored(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     spec = parse_source(str(tmp_path))
     assert spec.kind is SourceKind.FOLDER and not spec.kind.is_live
-    assert [os.path.basename(f) for f in spec.frames] == ["frame_1.jpg", "frame_2.jpg", "frame_10.jpg"]
+    assert [os.path.basename(f) for f in spec.frames] == [
+        "frame_1.jpg",
+        "frame_2.jpg",
+        "frame_10.jpg",
+    ]
 
 
 def test_a_glob_of_frames(make_frame_folder):
@@ -325,13 +329,15 @@ def test_files_and_folders_name_their_time_base(make_video, make_frame_folder):
         ("rtsp://admin:p%40ss%3A1@cam/s", "rtsp://admin:***@cam/s"),
         ("rtsp://admin:p@ss@cam/s", "rtsp://admin:***@cam/s"),  # an unescaped @ in the password
         ("rtsp://admin@cam/s", "rtsp://admin@cam/s"),
-        ("http://cam/video.mjpg?user=admin&password=hunter2&res=hd",
-         "http://cam/video.mjpg?user=admin&password=***&res=hd"),
+        (
+            "http://cam/video.mjpg?user=admin&password=hunter2&res=hd",
+            "http://cam/video.mjpg?user=admin&password=***&res=hd",
+        ),
         ("https://cam/live.m3u8?token=abc", "https://cam/live.m3u8?token=***"),
         ("rtsp://cam/s?channel=1", "rtsp://cam/s?channel=1"),
         ("clip.mp4", "clip.mp4"),
     ],
-)  # fmt: skip
+)
 def test_credentials_are_masked(url, shown):
     assert mask_credentials(url) == shown
     assert "hunter2" not in mask_credentials(url)
@@ -377,19 +383,37 @@ def test_fps_does_not_override_a_files_stated_rate(make_video, caplog):
     assert not caplog.records
 
 
-def test_fps_on_a_file_through_the_cli_warns_once_and_keeps_the_files_spacing(tmp_path, make_video, capsys):
+def test_fps_on_a_file_through_the_cli_warns_once_and_keeps_the_files_spacing(
+    tmp_path, make_video, capsys
+):
     path = make_video("v.mp4", frames=30, fps=30)
     probe = probe_model(tmp_path / "probe.onnx", num_frames=4, image_size=16, clip_seconds=0.3)
     events = tmp_path / "events.jsonl"
-    assert main(["--source", str(path), "--model", str(probe), "--events", str(events),
-                 "--no-display", "--fps", "60"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--source",
+                str(path),
+                "--model",
+                str(probe),
+                "--events",
+                str(events),
+                "--no-display",
+                "--fps",
+                "60",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert err.count("--fps 60 ignored") == 1, err
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     predictions = [e for e in lines if e["type"] == "prediction"]
     # 30 fps: a prediction every 8 frames (--fps 60 would have made it 15), at the file's times.
     assert [p["frame_index"] for p in predictions] == [0, 8, 16, 24]
-    assert [p["time_s"] for p in predictions] == pytest.approx([0, 8 / 30, 16 / 30, 24 / 30], abs=1e-6)
+    assert [p["time_s"] for p in predictions] == pytest.approx(
+        [0, 8 / 30, 16 / 30, 24 / 30], abs=1e-6
+    )
     assert lines[-1]["every"] == 8
 
 
@@ -398,4 +422,7 @@ def test_a_timeout_that_cannot_work_is_one_line(make_video, capsys, value):
     rc = main(["--source", str(make_video()), "--timeout", value, "--no-display"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.strip() == f"epic-stream: error: --timeout must be a positive number of seconds, got {float(value)}"
+    assert (
+        err.strip()
+        == f"epic-stream: error: --timeout must be a positive number of seconds, got {float(value)}"
+    )

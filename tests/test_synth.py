@@ -72,7 +72,9 @@ def test_videos_hold_several_segments_with_idle_frames_between(dataset):
     for video, spans in by_video.items():
         assert len(spans) == 4
         frames = sorted((dataset / "train").glob(f"*/{video}/frame_*.jpg"))
-        assert [f.name for f in frames] == [f"frame_{i:010d}.jpg" for i in range(1, len(frames) + 1)]
+        assert [f.name for f in frames] == [
+            f"frame_{i:010d}.jpg" for i in range(1, len(frames) + 1)
+        ]
         covered = set()
         for (_, stop), (start, _) in itertools.pairwise(spans):
             assert start > stop + 1  # an idle gap
@@ -102,8 +104,10 @@ def test_frames_move_as_labelled(dataset):
         action = row["action_class"].strip()
         if action == synth.IDLE:
             # Nothing moves: at most one cut from one still scene to another.
-            frames = [cv2.imread(str(folder / f"frame_{i:010d}.jpg"))
-                      for i in range(int(row["start_frame"]), int(row["stop_frame"]) + 1)]
+            frames = [
+                cv2.imread(str(folder / f"frame_{i:010d}.jpg"))
+                for i in range(int(row["start_frame"]), int(row["stop_frame"]) + 1)
+            ]
             changes = sum(not np.array_equal(a, b) for a, b in itertools.pairwise(frames))
             assert changes <= 1, row
             continue
@@ -124,8 +128,13 @@ def _frame_features(frame: np.ndarray) -> np.ndarray:
     """What a single-frame classifier could use: a coarse image, and where/how big the object is."""
     mask = object_mask(frame)
     ys, xs = np.nonzero(mask)
-    shape = [mask.mean(), xs.mean() / 32 if len(xs) else 0.5, ys.mean() / 32 if len(ys) else 0.5,
-             xs.std() / 32 if len(xs) else 0, ys.std() / 32 if len(ys) else 0]
+    shape = [
+        mask.mean(),
+        xs.mean() / 32 if len(xs) else 0.5,
+        ys.mean() / 32 if len(ys) else 0.5,
+        xs.std() / 32 if len(xs) else 0,
+        ys.std() / 32 if len(ys) else 0,
+    ]
     coarse = cv2.resize(frame, (6, 6), interpolation=cv2.INTER_AREA).ravel() / 255
     return np.concatenate([shape, coarse]).astype(np.float32)
 
@@ -251,8 +260,19 @@ def test_sequence_video_matches_its_ground_truth(tmp_path):
 def test_cli_writes_dataset_and_demo_video(tmp_path, capsys):
     out = tmp_path / "DATA"
     demo = tmp_path / "demo.mp4"
-    argv = ["--out", str(out), "--videos", "1", "--segments", "2", "--size", "32", "--quiet",
-            "--demo-video", str(demo)]
+    argv = [
+        "--out",
+        str(out),
+        "--videos",
+        "1",
+        "--segments",
+        "2",
+        "--size",
+        "32",
+        "--quiet",
+        "--demo-video",
+        str(demo),
+    ]
     assert synth.main(argv) == 0
     assert (out / "train_action_classes.csv").is_file()
     assert demo.is_file() and demo.with_suffix(".mp4.json").is_file()
@@ -276,8 +296,13 @@ def test_data_module_reads_the_dataset(dataset):
     from train.data import EpicKitchensDataModule
 
     data = EpicKitchensDataModule(
-        str(dataset), num_frames=8, image_size=48, clip_seconds=synth.CLIP_SECONDS,
-        fps=synth.DEFAULT_FPS, batch_size=4, num_workers=0,
+        str(dataset),
+        num_frames=8,
+        image_size=48,
+        clip_seconds=synth.CLIP_SECONDS,
+        fps=synth.DEFAULT_FPS,
+        batch_size=4,
+        num_workers=0,
     )
     assert data.class_names == list(synth.CLASSES)
     data.setup("fit")

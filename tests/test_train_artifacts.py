@@ -19,8 +19,13 @@ NAMES = ["a", "b", "c"]
 
 
 def tiny() -> VideoClassifier:
-    return VideoClassifier(NAMES, preset="tiny", arch={"embed_dim": 32, "depth": 1, "num_heads": 2,
-                           "patch_size": 8}, num_frames=2, image_size=16)
+    return VideoClassifier(
+        NAMES,
+        preset="tiny",
+        arch={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8},
+        num_frames=2,
+        image_size=16,
+    )
 
 
 def loader(labels: list[int]) -> DataLoader:
@@ -30,26 +35,35 @@ def loader(labels: list[int]) -> DataLoader:
 
 
 def trainer(root, *callbacks, epochs: int = 2) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, default_root_dir=root, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=list(callbacks))
+    return pl.Trainer(
+        max_epochs=epochs,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
 
 
 def test_plots_are_images_of_the_history(tmp_path):
-    history = [{"epoch": 0, "train_loss": 1.0, "val_loss": 1.1, "train_acc": 0.4, "val_acc": None},
-               {"epoch": 1, "train_loss": 0.6, "val_loss": 0.9, "train_acc": 0.7, "val_acc": 0.6}]
+    history = [
+        {"epoch": 0, "train_loss": 1.0, "val_loss": 1.1, "train_acc": 0.4, "val_acc": None},
+        {"epoch": 1, "train_loss": 0.6, "val_loss": 0.9, "train_acc": 0.7, "val_acc": 0.6},
+    ]
     curves = imread(draw_curves(history, tmp_path / "curves.png"))
     assert curves.ndim == 3 and curves.shape[1] > curves.shape[0]  # two panels side by side
-    confusion = imread(draw_confusion([[3, 1, 0], [0, 2, 2], [0, 0, 0]], NAMES,
-                                      tmp_path / "confusion.png"))
+    confusion = imread(
+        draw_confusion([[3, 1, 0], [0, 2, 2], [0, 0, 0]], NAMES, tmp_path / "confusion.png")
+    )
     assert confusion.ndim == 3 and np.ptp(confusion) > 0
 
 
 def test_fit_without_export_writes_metrics_plots_and_absent_classes_as_null(tmp_path):
     pl.seed_everything(0)
     artifacts = RunArtifacts(export_onnx=False)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val_acc", mode="max",
-                                 save_last=True)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "checkpoints", monitor="val_acc", mode="max", save_last=True
+    )
     fit = trainer(tmp_path, artifacts, checkpoint)
     fit.fit(tiny(), loader([0, 1, 2, 0, 1, 2]), loader([0, 1, 0, 1]))  # no "c" in validation
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -104,4 +118,3 @@ def test_an_export_py_in_the_working_folder_cannot_replace_ours(tmp_path, monkey
     assert not hijacked.exists()
     # Our export ran: it read the checkpoint and said what is wrong with it.
     assert path is None and "cannot be read as a PyTorch checkpoint" in why
-

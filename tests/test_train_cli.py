@@ -22,13 +22,41 @@ from train.cli import EpicTrainCLI, main
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["open bag", "take bag", "put bag"]
 TINTS = [(90, 0, 0), (0, 90, 0), (0, 0, 90)]  # BGR: a learnable, single-frame cue is fine here
-TRAIN_COLUMNS = ["uid", "participant_id", "video_id", "narration", "start_timestamp",
-                 "stop_timestamp", "start_frame", "stop_frame", "verb", "verb_class", "noun",
-                 "noun_class", "all_nouns", "all_noun_classes", "action_class"]
-VAL_COLUMNS = ["narration_id", "participant_id", "video_id", "narration_timestamp",
-               "start_timestamp", "stop_timestamp", "start_frame", "stop_frame", "narration",
-               "verb", "verb_class", "noun", "noun_class", "all_nouns", "all_noun_classes",
-               "action_class"]
+TRAIN_COLUMNS = [
+    "uid",
+    "participant_id",
+    "video_id",
+    "narration",
+    "start_timestamp",
+    "stop_timestamp",
+    "start_frame",
+    "stop_frame",
+    "verb",
+    "verb_class",
+    "noun",
+    "noun_class",
+    "all_nouns",
+    "all_noun_classes",
+    "action_class",
+]
+VAL_COLUMNS = [
+    "narration_id",
+    "participant_id",
+    "video_id",
+    "narration_timestamp",
+    "start_timestamp",
+    "stop_timestamp",
+    "start_frame",
+    "stop_frame",
+    "narration",
+    "verb",
+    "verb_class",
+    "noun",
+    "noun_class",
+    "all_nouns",
+    "all_noun_classes",
+    "action_class",
+]
 STEPS_PER_EPOCH = 3  # 2 train videos x 3 segments, batch size 2
 
 
@@ -55,9 +83,15 @@ def write_layout_a(root: Path) -> Path:
                     image = rng.integers(0, 120, (24, 32, 3)) + np.array(tint)
                     cv2.imwrite(str(folder / f"frame_{number:010d}.jpg"), image.astype(np.uint8))
                     number += 1
-                rows.append({"participant_id": participant, "video_id": video,
-                             "start_frame": start, "stop_frame": number - 1,
-                             "action_class": " " + CLASSES[c]})
+                rows.append(
+                    {
+                        "participant_id": participant,
+                        "video_id": video,
+                        "start_frame": start,
+                        "stop_frame": number - 1,
+                        "action_class": " " + CLASSES[c],
+                    }
+                )
         with (root / f"{split}_action_classes.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
@@ -113,8 +147,19 @@ def load_ckpt(path) -> dict:
 
 def test_fit_leaves_a_complete_run_folder(fit_run):
     metrics = json.loads((fit_run / "metrics.json").read_text())
-    for key in ("best_val_acc", "best_epoch", "per_class_acc", "confusion", "epochs", "seconds",
-                "best_checkpoint", "last_checkpoint", "class_names", "history", "onnx"):
+    for key in (
+        "best_val_acc",
+        "best_epoch",
+        "per_class_acc",
+        "confusion",
+        "epochs",
+        "seconds",
+        "best_checkpoint",
+        "last_checkpoint",
+        "class_names",
+        "history",
+        "onnx",
+    ):
         assert key in metrics, key
     assert metrics["class_names"] == CLASSES
     assert list(metrics["per_class_acc"]) == CLASSES
@@ -171,8 +216,9 @@ def test_the_checkpoint_loader_rebuilds_the_trained_network(fit_run):
 
 
 def test_class_count_comes_from_the_data(tiny_config):
-    cli = EpicTrainCLI(["--config", str(tiny_config), "--data.subset", '["put bag", "open bag"]'],
-                       run=False)
+    cli = EpicTrainCLI(
+        ["--config", str(tiny_config), "--data.subset", '["put bag", "open bag"]'], run=False
+    )
     assert cli.model.class_names == ["put bag", "open bag"]
     assert cli.model.model.head.out_features == 2
     # Nor can anyone type one.
@@ -180,34 +226,73 @@ def test_class_count_comes_from_the_data(tiny_config):
 
 
 def test_default_callbacks(tiny_config, tmp_path):
-    cli = EpicTrainCLI(["--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path)],
-                       run=False)
+    cli = EpicTrainCLI(
+        ["--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path)], run=False
+    )
     checkpoint = cli.trainer.checkpoint_callback
     assert isinstance(checkpoint, ModelCheckpoint)
     assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_last) == ("val_acc", "max", True)
     assert Path(checkpoint.dirpath) == (tmp_path / "checkpoints").resolve()
     kinds = {type(c) for c in cli.trainer.callbacks}
     assert {RichProgressBar, RunArtifacts} <= kinds
-    off = EpicTrainCLI(["--config", str(tiny_config), "--trainer.enable_checkpointing", "false",
-                        "--trainer.enable_progress_bar", "false"], run=False)
+    off = EpicTrainCLI(
+        [
+            "--config",
+            str(tiny_config),
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        run=False,
+    )
     assert off.trainer.checkpoint_callback is None
     assert not any(isinstance(c, RichProgressBar) for c in off.trainer.callbacks)
 
 
 def test_early_stopping_is_optional(tiny_config, tmp_path):
     # lr 0: val_acc never improves, so patience 1 stops after the second epoch of five.
-    assert main(["fit", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
-                 "--early_stopping", "1", "--model.lr", "0", "--trainer.max_epochs", "5",
-                 "--artifacts.export_onnx", "false", "--artifacts.plots", "false",
-                 "--trainer.enable_progress_bar", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(tiny_config),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--early_stopping",
+                "1",
+                "--model.lr",
+                "0",
+                "--trainer.max_epochs",
+                "5",
+                "--artifacts.export_onnx",
+                "false",
+                "--artifacts.plots",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs"] == 2
     assert not (tmp_path / "curves.png").exists()
 
 
 def test_resume_from_last_continues_the_run(tiny_config, tmp_path):
-    base = ["fit", "--config", str(tiny_config), "--trainer.default_root_dir", str(tmp_path),
-            "--artifacts.export_onnx", "false", "--trainer.enable_progress_bar", "false"]
+    base = [
+        "fit",
+        "--config",
+        str(tiny_config),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--artifacts.export_onnx",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     assert main([*base, "--trainer.max_epochs", "1"]) == 0
     assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
 
@@ -226,8 +311,16 @@ def test_resume_from_last_continues_the_run(tiny_config, tmp_path):
 
 def test_validate_test_and_predict_run_from_a_checkpoint(fit_run, tiny_config, tmp_path, capsys):
     best = json.loads((fit_run / "metrics.json").read_text())["best_checkpoint"]
-    common = ["--config", str(tiny_config), "--ckpt_path", best,
-              "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    common = [
+        "--config",
+        str(tiny_config),
+        "--ckpt_path",
+        best,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     assert main(["validate", *common]) == 0
     assert main(["test", *common]) == 0
     out = capsys.readouterr().out
@@ -242,9 +335,19 @@ def test_validate_test_and_predict_run_from_a_checkpoint(fit_run, tiny_config, t
 
 
 def test_a_checkpoint_for_other_classes_is_a_user_error(fit_run, tiny_config, tmp_path, capsys):
-    rc = main(["validate", "--config", str(tiny_config), "--data.subset", '["open bag", "put bag"]',
-               "--ckpt_path", str(fit_run / "checkpoints" / "last.ckpt"),
-               "--trainer.default_root_dir", str(tmp_path)])
+    rc = main(
+        [
+            "validate",
+            "--config",
+            str(tiny_config),
+            "--data.subset",
+            '["open bag", "put bag"]',
+            "--ckpt_path",
+            str(fit_run / "checkpoints" / "last.ckpt"),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("epic-train: error:") and "trained on classes" in err
@@ -272,10 +375,24 @@ def test_synth_dispatches_to_train_synth(monkeypatch):
 
 
 def test_ddp_fit_on_two_cpu_processes(tiny_config, tmp_path):
-    command = [sys.executable, "-m", "train", "fit", "--config", str(tiny_config),
-               "--trainer.default_root_dir", str(tmp_path), "--trainer.devices", "2",
-               "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
-               "--artifacts.export_onnx", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "train",
+        "fit",
+        "--config",
+        str(tiny_config),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--artifacts.export_onnx",
+        "false",
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
@@ -291,13 +408,36 @@ def test_epic_bags_config_is_the_original_experiment(tiny_config, tmp_path, caps
     config = str(REPO / "configs" / "epic_bags.yaml")
     data = str(tiny_config.parent / "data")
     # The user supplies the HowTo100M checkpoint; without it the error says which file is missing.
-    assert main(["fit", "--config", config, "--data.data_path", data,
-                 "--trainer.default_root_dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                config,
+                "--data.data_path",
+                data,
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("epic-train: error:") and "TimeSformer_divST_8x32_224_HowTo100M" in err
 
-    cli = EpicTrainCLI(["--config", config, "--data.data_path", data, "--model.checkpoint", "null",
-                        "--trainer.default_root_dir", str(tmp_path)], run=False)
+    cli = EpicTrainCLI(
+        [
+            "--config",
+            config,
+            "--data.data_path",
+            data,
+            "--model.checkpoint",
+            "null",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        run=False,
+    )
     hp = cli.model.hparams
     assert hp.arch["embed_dim"] == 768 and hp.arch["depth"] == 12 and hp.arch["num_heads"] == 12
     assert (hp.num_frames, hp.image_size, hp.clip_seconds) == (8, 224, 2.0)

@@ -19,8 +19,14 @@ CLASSES = ["open bag", "take bag", "put bag"]
 
 
 def tiny(**kwargs) -> VideoClassifier:
-    kwargs = {"class_names": CLASSES, "preset": "tiny", "arch": TINY, "num_frames": 4,
-              "image_size": 32, **kwargs}
+    kwargs = {
+        "class_names": CLASSES,
+        "preset": "tiny",
+        "arch": TINY,
+        "num_frames": 4,
+        "image_size": 32,
+        **kwargs,
+    }
     return VideoClassifier(**kwargs)
 
 
@@ -74,7 +80,9 @@ def test_starts_from_a_checkpoint_with_embeddings_resized_and_a_new_head(tmp_pat
     assert model.model.head.out_features == len(CLASSES)
     assert model.model.time_embed.shape[1] == 4  # resized from 2 frames
     assert model.model.pos_embed.shape[1] == 1 + (32 // 8) ** 2  # resized from 16 px
-    torch.testing.assert_close(model.model.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+    torch.testing.assert_close(
+        model.model.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight
+    )
     hp = model.hparams
     assert hp.arch["num_heads"] == 2 and hp.arch["depth"] == 2 and hp.arch["embed_dim"] == 32
     assert hp.checkpoint is None  # the trained weights travel in the state dict, not the .pth
@@ -160,16 +168,23 @@ def separable_loader(n: int = 16) -> DataLoader:
     tint = torch.zeros(n, 1, 1, 1, 3)
     tint[labels == 0, ..., 0] = 60.0  # blue (BGR)
     tint[labels == 1, ..., 2] = 60.0  # red
-    return DataLoader(TensorDataset((frames + tint).clamp(0, 255).to(torch.uint8), labels),
-                      batch_size=8)
+    return DataLoader(
+        TensorDataset((frames + tint).clamp(0, 255).to(torch.uint8), labels), batch_size=8
+    )
 
 
 def test_fit_learns_and_reports_the_validation_epoch(tmp_path):
     pl.seed_everything(0)
     model = tiny(class_names=["blue", "red"], lr=3e-3, warmup_epochs=1)
-    trainer = pl.Trainer(max_epochs=6, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
     loader = separable_loader()
     trainer.fit(model, loader, loader)
     assert trainer.callback_metrics["val_acc"] == 1.0

@@ -55,10 +55,16 @@ def server(workdir, model):
     # the two processes' requests queue behind each other, as on a busy GPU server.
     contract = load_contract(model)
     model_dir = write_triton_repo(
-        model, workdir / "repo", name=model.stem, num_frames=contract.num_frames,
-        image_size=contract.image_size, class_names=contract.class_names,
-        clip_seconds=contract.clip_seconds, instance="cpu", max_queue_delay_us=20000,
-    )  # fmt: skip
+        model,
+        workdir / "repo",
+        name=model.stem,
+        num_frames=contract.num_frames,
+        image_size=contract.image_size,
+        class_names=contract.class_names,
+        clip_seconds=contract.clip_seconds,
+        instance="cpu",
+        max_queue_delay_us=20000,
+    )
     srv = TritonServer(model_dir, workdir=workdir / "server", exec_ms=20.0)
     try:
         yield srv.start()
@@ -76,7 +82,9 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _predictions(lines: list[dict], stream: str) -> dict[int, dict]:
-    return {r["frame_index"]: r for r in lines if r["type"] == "prediction" and r["stream"] == stream}
+    return {
+        r["frame_index"]: r for r in lines if r["type"] == "prediction" and r["stream"] == stream
+    }
 
 
 def _summary(lines: list[dict], stream: str) -> dict:
@@ -87,9 +95,13 @@ def _summary(lines: list[dict], stream: str) -> dict:
 def _epic_stream(argv: list[str]):
     """An epic-stream process in its own group, killed with it whatever happens."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", *argv, "--no-display"], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "stream", *argv, "--no-display"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -101,7 +113,9 @@ def _epic_stream(argv: list[str]):
             proc.stderr.close()
 
 
-def test_four_streams_from_two_processes_get_local_labels_in_batched_executions(server, model, workdir):
+def test_four_streams_from_two_processes_get_local_labels_in_batched_executions(
+    server, model, workdir
+):
     videos = {f"cam{k}": _video(workdir / f"cam{k}.avi", seed=k, frames=300) for k in range(4)}
     before = server.metrics()
     runs = []
@@ -119,11 +133,13 @@ def test_four_streams_from_two_processes_get_local_labels_in_batched_executions(
     local_events = workdir / "local.jsonl"
     run_streams(
         StreamOptions(
-            source=tuple(f"{n}={p}" for n, p in videos.items()), model=model,
-            events=local_events, display=False,
+            source=tuple(f"{n}={p}" for n, p in videos.items()),
+            model=model,
+            events=local_events,
+            display=False,
         ),
         console=Console(file=io.StringIO()),
-    )  # fmt: skip
+    )
     local = _lines(local_events)
     for _, events, names in runs:
         remote = _lines(events)
@@ -143,7 +159,9 @@ def test_four_streams_from_two_processes_get_local_labels_in_batched_executions(
     executions = after["nv_inference_exec_count"] - before.get("nv_inference_exec_count", 0)
     clips = after["nv_inference_count"] - before.get("nv_inference_count", 0)
     # Every prediction's clip, and each process's one warm-up clip at start.
-    assert clips == sum(len(_predictions(_lines(e), n)) for _, e, ns in runs for n in ns) + len(runs)
+    assert clips == sum(len(_predictions(_lines(e), n)) for _, e, ns in runs for n in ns) + len(
+        runs
+    )
     print(f"Triton: {requests:.0f} requests, {clips:.0f} clips, {executions:.0f} executions")
     # The dynamic batcher merged the two processes' requests into fewer model executions.
     assert executions < requests, (executions, requests)
@@ -154,8 +172,21 @@ def test_http_gives_the_same_predictions(server, model, workdir):
     out = {}
     for how, extra in (("http", ["--server", server.http_url]), ("local", [])):
         events = workdir / f"{how}.jsonl"
-        assert main(["--source", str(video), "--model", str(model), "--events", str(events),
-                     "--no-display", *extra]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "--source",
+                    str(video),
+                    "--model",
+                    str(model),
+                    "--events",
+                    str(events),
+                    "--no-display",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         out[how] = _predictions(_lines(events), "http")
     assert out["http"].keys() == out["local"].keys()
     for i in out["local"]:
@@ -166,8 +197,21 @@ def test_a_server_killed_mid_stream_is_survived_reported_and_used_again(server, 
     frames = 30 * 16
     video = _video(workdir / "live.avi", seed=5, frames=frames)
     events, record = workdir / "outage.jsonl", workdir / "outage.avi"
-    argv = ["--source", f"live={video}", "--realtime", "--model", str(model), "--server",
-            server.grpc_url, "--server-timeout", "2", "--events", str(events), "--record", str(record)]  # fmt: skip
+    argv = [
+        "--source",
+        f"live={video}",
+        "--realtime",
+        "--model",
+        str(model),
+        "--server",
+        server.grpc_url,
+        "--server-timeout",
+        "2",
+        "--events",
+        str(events),
+        "--record",
+        str(record),
+    ]
     with _epic_stream(argv) as proc:
         deadline = time.monotonic() + 30
         while not (events.exists() and '"prediction"' in events.read_text()):
@@ -200,11 +244,14 @@ def test_a_server_killed_mid_stream_is_survived_reported_and_used_again(server, 
 @pytest.mark.parametrize(
     ("what", "message"),
     [
-        ("mismatch", "does not match other.onnx: input 'frames' is [-1, 4, 16, 16, 3], the model file takes [-1, 8, 16, 16, 3]"),
+        (
+            "mismatch",
+            "does not match other.onnx: input 'frames' is [-1, 4, 16, 16, 3], the model file takes [-1, 8, 16, 16, 3]",
+        ),
         ("unknown", "has no model 'nosuch' ready; give its name as --server grpc://"),
         ("down", "cannot reach the Triton server at grpc://127.0.0.1:"),
     ],
-)  # fmt: skip
+)
 def test_a_server_that_cannot_serve_the_model_is_one_line_before_any_stream(
     server, workdir, what, message, capsys
 ):
@@ -216,8 +263,21 @@ def test_a_server_that_cannot_serve_the_model_is_one_line_before_any_stream(
         "down": f"grpc://127.0.0.1:{free_port()}/probe",
     }[what]
     record = workdir / f"refused-{what}.avi"
-    code = main(["--source", str(video), "--model", str(other), "--server", url, "--record", str(record),
-                 "--server-timeout", "3", "--no-display"])  # fmt: skip
+    code = main(
+        [
+            "--source",
+            str(video),
+            "--model",
+            str(other),
+            "--server",
+            url,
+            "--record",
+            str(record),
+            "--server-timeout",
+            "3",
+            "--no-display",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("epic-stream: error: ") and message in err[0], err

@@ -29,9 +29,17 @@ def config(**kwargs) -> model_config_pb2.ModelConfig:
 def test_the_default_config_is_a_gpu_instance_with_dynamic_batching():
     cfg = config()
     assert (cfg.name, cfg.platform, cfg.backend, cfg.max_batch_size) == (
-        "epic", "onnxruntime_onnx", "onnxruntime", 8)  # fmt: skip
+        "epic",
+        "onnxruntime_onnx",
+        "onnxruntime",
+        8,
+    )
     (frames,), (scores,) = cfg.input, cfg.output
-    assert (frames.name, frames.data_type, list(frames.dims)) == ("frames", PB.TYPE_UINT8, [8, 224, 224, 3])
+    assert (frames.name, frames.data_type, list(frames.dims)) == (
+        "frames",
+        PB.TYPE_UINT8,
+        [8, 224, 224, 3],
+    )
     assert (scores.name, scores.data_type, list(scores.dims)) == ("scores", PB.TYPE_FP32, [97])
     assert scores.label_filename == "labels.txt"
     (group,) = cfg.instance_group
@@ -51,7 +59,9 @@ def test_cpu_instance_queue_delay_and_batch_sizes():
 
 
 def test_tensorrt_is_onnx_runtimes_gpu_accelerator_in_fp16():
-    (accelerator,) = config(tensorrt=True).optimization.execution_accelerators.gpu_execution_accelerator
+    (accelerator,) = config(
+        tensorrt=True
+    ).optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt"
     assert accelerator.parameters["precision_mode"] == "FP16"
     assert int(accelerator.parameters["max_workspace_size_bytes"]) == 1 << 30
@@ -73,10 +83,17 @@ def test_impossible_combinations_are_refused(kwargs, message):
 def test_the_repository_carries_the_options(tmp_path):
     model = probe_model(tmp_path / "m.onnx", num_frames=4, image_size=16)
     model_dir = write_triton_repo(
-        model, tmp_path / "repo", name="m", num_frames=4, image_size=16,
-        class_names=["a", "b", "c", "d", "rest"], clip_seconds=0.3, instance="cpu",
-        max_queue_delay_us=700, max_batch_size=4,
-    )  # fmt: skip
+        model,
+        tmp_path / "repo",
+        name="m",
+        num_frames=4,
+        image_size=16,
+        class_names=["a", "b", "c", "d", "rest"],
+        clip_seconds=0.3,
+        instance="cpu",
+        max_queue_delay_us=700,
+        max_batch_size=4,
+    )
     cfg = parse((model_dir / "config.pbtxt").read_text())
     assert cfg.instance_group[0].kind == PB.ModelInstanceGroup.KIND_CPU
     assert (cfg.max_batch_size, cfg.dynamic_batching.max_queue_delay_microseconds) == (4, 700)
@@ -93,9 +110,19 @@ def test_the_cli_refuses_tensorrt_on_a_cpu_instance_before_loading_anything(tmp_
     checkpoint.write_bytes(b"")
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "m.onnx"),
-                     "--triton-repo", str(tmp_path / "repo"), "--triton-tensorrt",
-                     "--triton-instance", "cpu"])  # fmt: skip
+        code = main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--output",
+                str(tmp_path / "m.onnx"),
+                "--triton-repo",
+                str(tmp_path / "repo"),
+                "--triton-tensorrt",
+                "--triton-instance",
+                "cpu",
+            ]
+        )
     assert code == 2
     assert err.getvalue().strip().splitlines() == [
         "epic-export: error: --triton-tensorrt needs a GPU instance; drop --triton-instance cpu"

@@ -24,8 +24,18 @@ from stream.pipeline import StreamOptions, StreamPipeline
 from stream.runtime import Runner
 from stream.triton_client import ServerAddress, parse_server
 
-TIMING = {"latency_ms", "latency_ms_p50", "latency_ms_p95", "inference_ms_mean", "fps", "model_fps", "wall_s",
-          "wall_time", "wall_start", "wall_end"}  # fmt: skip
+TIMING = {
+    "latency_ms",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "inference_ms_mean",
+    "fps",
+    "model_fps",
+    "wall_s",
+    "wall_time",
+    "wall_start",
+    "wall_end",
+}
 
 
 def _events(path: Path) -> list[dict]:
@@ -70,13 +80,17 @@ def _run(options: StreamOptions) -> StreamPipeline:
 def setup(tmp_path):
     model = probe_model(tmp_path / "probe.onnx", num_frames=4, image_size=16)
     videos = [
-        write_video(tmp_path / f"v{k}.avi", grey_frames([(37 * i + 50 * k) % 256 for i in range(96)]))
+        write_video(
+            tmp_path / f"v{k}.avi", grey_frames([(37 * i + 50 * k) % 256 for i in range(96)])
+        )
         for k in range(2)
     ]
     return tmp_path, model, videos
 
 
-def test_file_streams_wait_out_an_outage_and_predict_exactly_as_without_it(setup, monkeypatch, caplog):
+def test_file_streams_wait_out_an_outage_and_predict_exactly_as_without_it(
+    setup, monkeypatch, caplog
+):
     tmp_path, model, videos = setup
     clean = tmp_path / "clean.jsonl"
     _run(StreamOptions(source=tuple(map(str, videos)), model=model, events=clean, display=False))
@@ -89,13 +103,22 @@ def test_file_streams_wait_out_an_outage_and_predict_exactly_as_without_it(setup
     lines = _events(flaky)
     server = [r for r in lines if r["type"] == "server"]
     assert [(r["stream"], r["state"]) for r in server] == [
-        ("v0", "lost"), ("v1", "lost"), ("v0", "restored"), ("v1", "restored"),
-    ]  # fmt: skip
-    assert server[0]["detail"] == "test outage, call 3" and server[2]["detail"].startswith("back after ")
+        ("v0", "lost"),
+        ("v1", "lost"),
+        ("v0", "restored"),
+        ("v1", "restored"),
+    ]
+    assert server[0]["detail"] == "test outage, call 3" and server[2]["detail"].startswith(
+        "back after "
+    )
     summaries = [r for r in lines if r["type"] == "summary"]
     assert [s["server_outages"] for s in summaries] == [1, 1]
     # Nothing skipped, nothing changed: the predictions and summaries of the clean run.
-    kept = [{k: v for k, v in r.items() if k != "server_outages"} for r in lines if r["type"] != "server"]
+    kept = [
+        {k: v for k, v in r.items() if k != "server_outages"}
+        for r in lines
+        if r["type"] != "server"
+    ]
     assert _per_stream(kept) == _per_stream(_events(clean))
     assert "inference server lost (test outage, call 3)" in caplog.text
     assert "inference server back after" in caplog.text
@@ -106,10 +129,15 @@ def test_a_stop_during_an_outage_finalizes_every_output(setup, monkeypatch):
     _flaky(monkeypatch, failing=set(range(2, 10**6)))  # lost for good after the first batch
     events = tmp_path / "down.jsonl"
     pipeline = StreamPipeline(
-        StreamOptions(source=str(videos[0]), model=model, events=events, record=tmp_path / "down.avi",
-                      display=False),
+        StreamOptions(
+            source=str(videos[0]),
+            model=model,
+            events=events,
+            record=tmp_path / "down.avi",
+            display=False,
+        ),
         console=Console(file=io.StringIO()),
-    )  # fmt: skip
+    )
     timer = threading.Timer(1.0, pipeline.stopper.stop, args=("stopped by the test",))
     timer.start()
     try:
@@ -127,12 +155,18 @@ def test_a_stop_during_an_outage_finalizes_every_output(setup, monkeypatch):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--server", "ftp://host:1/m"], "--server 'ftp://host:1/m' is not a Triton address; give grpc://HOST:PORT[/MODEL] or http://HOST:PORT[/MODEL]"),
+        (
+            ["--server", "ftp://host:1/m"],
+            "--server 'ftp://host:1/m' is not a Triton address; give grpc://HOST:PORT[/MODEL] or http://HOST:PORT[/MODEL]",
+        ),
         (["--server", "grpc://host:port"], "--server 'grpc://host:port' has a bad port"),
         (["--server", "grpc://127.0.0.1:9/a/b"], "the model name cannot contain '/'"),
-        (["--server", "grpc://127.0.0.1:9", "--server-timeout", "0"], "--server-timeout must be a positive number of seconds, got 0.0"),
+        (
+            ["--server", "grpc://127.0.0.1:9", "--server-timeout", "0"],
+            "--server-timeout must be a positive number of seconds, got 0.0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_server_options_are_one_line(setup, extra, message, capsys):
     _, model, videos = setup
     code = main(["--source", str(videos[0]), "--model", str(model), "--no-display", *extra])

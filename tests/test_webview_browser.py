@@ -190,8 +190,17 @@ def _run_summary(tmp_path: Path, name: str, model: Path, video: Path, stalled: i
     """Stream ``video`` with --serve while ``stalled`` clients ask for its video and never read."""
     events = tmp_path / f"{name}.jsonl"
     port = free_port()
-    args = ["--source", str(video), "--model", str(model), "--realtime",
-            "--serve", str(port), "--events", str(events)]  # fmt: skip
+    args = [
+        "--source",
+        str(video),
+        "--model",
+        str(model),
+        "--realtime",
+        "--serve",
+        str(port),
+        "--events",
+        str(events),
+    ]
     with serving(args, tmp_path) as process, ExitStack() as sockets:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process)
         for _ in range(stalled):

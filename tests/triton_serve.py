@@ -38,13 +38,17 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
-    parser.add_argument("--workspace", required=True, help="PyTriton's files; removed at a clean exit")
+    parser.add_argument(
+        "--workspace", required=True, help="PyTriton's files; removed at a clean exit"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--exec-ms", type=float, default=0.0,
+        "--exec-ms",
+        type=float,
+        default=0.0,
         help="added to every execution, as a real model's compute would: requests then queue, "
         "and the batcher has something to merge even for a tiny test model",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -81,8 +85,12 @@ def main() -> None:
         triton.bind(
             model_name=config.name,
             infer_func=infer,
-            inputs=[Tensor(name=frames.name, dtype=DTYPES[frames.data_type], shape=tuple(frames.dims))],
-            outputs=[Tensor(name=scores.name, dtype=DTYPES[scores.data_type], shape=tuple(scores.dims))],
+            inputs=[
+                Tensor(name=frames.name, dtype=DTYPES[frames.data_type], shape=tuple(frames.dims))
+            ],
+            outputs=[
+                Tensor(name=scores.name, dtype=DTYPES[scores.data_type], shape=tuple(scores.dims))
+            ],
             config=ModelConfig(
                 max_batch_size=config.max_batch_size,
                 batcher=DynamicBatcher(

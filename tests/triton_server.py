@@ -34,7 +34,9 @@ SERVE = HERE / "triton_serve.py"
 # What the server venv holds, exactly: a change here rebuilds it.
 SERVER_PINS = ("nvidia-pytriton==0.7.0", "onnxruntime==1.32.0", "numpy==1.26.4")
 VENV = Path(
-    os.environ.get("EPIC_PYTRITON_VENV", Path.home() / ".cache" / "epic-stream-tests" / "pytriton-venv")
+    os.environ.get(
+        "EPIC_PYTRITON_VENV", Path.home() / ".cache" / "epic-stream-tests" / "pytriton-venv"
+    )
 )
 BUILD_TIMEOUT_S = 900
 READY_TIMEOUT_S = 120
@@ -65,13 +67,23 @@ def ensure_venv(venv: Path = VENV) -> Path:
         shutil.rmtree(venv, ignore_errors=True)
         steps = (
             [sys.executable, "-m", "venv", str(venv)],
-            [str(_python(venv)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *SERVER_PINS],
+            [
+                str(_python(venv)),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *SERVER_PINS,
+            ],
         )
         for argv in steps:
             try:
                 done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                raise ServerVenvError(f"building the PyTriton venv timed out: {' '.join(argv)}") from None
+                raise ServerVenvError(
+                    f"building the PyTriton venv timed out: {' '.join(argv)}"
+                ) from None
             if done.returncode != 0:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
                 raise ServerVenvError(
@@ -92,8 +104,10 @@ def _libdir(python: Path) -> str:
     """The interpreter's lib folder: the Python backend stub must load the same libpython."""
     return subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 class TritonServer:
@@ -127,10 +141,18 @@ class TritonServer:
         self.starts += 1
         workspace = self.workdir / f"workspace-{self.starts}"
         argv = [
-            str(self.python), str(SERVE), *self.args, "--grpc-port", str(self.grpc_port),
-            "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
-            "--workspace", str(workspace),
-        ]  # fmt: skip
+            str(self.python),
+            str(SERVE),
+            *self.args,
+            "--grpc-port",
+            str(self.grpc_port),
+            "--http-port",
+            str(self.http_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--workspace",
+            str(workspace),
+        ]
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
@@ -143,7 +165,9 @@ class TritonServer:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}: {self.log_tail()}")
+                raise RuntimeError(
+                    f"tritonserver exited with {self.proc.returncode}: {self.log_tail()}"
+                )
             with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as answer:
                 if answer.status == 200:
                     return

@@ -68,7 +68,9 @@ class RunArtifacts(Callback):
         export_timeout: seconds the export subprocess may take.
     """
 
-    def __init__(self, export_onnx: bool = True, plots: bool = True, export_timeout: float = 1800.0):
+    def __init__(
+        self, export_onnx: bool = True, plots: bool = True, export_timeout: float = 1800.0
+    ):
         self.export_onnx = export_onnx
         self.plots = plots
         self.export_timeout = export_timeout
@@ -180,9 +182,11 @@ class RunArtifacts(Callback):
             draw_curves(self.history, run_dir / CURVES_FILE)
             if report:
                 draw_confusion(
-                    report["confusion"], class_names, run_dir / CONFUSION_FILE,
+                    report["confusion"],
+                    class_names,
+                    run_dir / CONFUSION_FILE,
                     title=f"Validation confusion matrix, epoch {report['epoch'] + 1}"
-                          f" (val acc {report['val_acc'] or 0:.3f})",
+                    f" (val acc {report['val_acc'] or 0:.3f})",
                 )
         self.metrics = metrics
         log.info("run folder %s: %s", run_dir, ", ".join(sorted(p.name for p in run_dir.iterdir())))
@@ -195,8 +199,9 @@ class RunArtifacts(Callback):
         command = [sys.executable, "-c", _EXPORT_MAIN, str(_PACKAGE_ROOT), *arguments]
         log.info("exporting %s -> %s", checkpoint, output)
         try:
-            done = subprocess.run(command, capture_output=True, text=True,
-                                  timeout=self.export_timeout, check=False)
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=self.export_timeout, check=False
+            )
         except subprocess.TimeoutExpired:
             why = f"the export took longer than {self.export_timeout:.0f} s"
         else:
@@ -206,8 +211,11 @@ class RunArtifacts(Callback):
             why = lines[-1] if lines else f"exit status {done.returncode}"
             if done.returncode == 0:
                 why = f"the export exited 0 but wrote no {output.name}"
-        log.error("model.onnx not written: %s. The checkpoints are fine; export by hand with: %s",
-                  why, " ".join(["epic-export", *arguments]))
+        log.error(
+            "model.onnx not written: %s. The checkpoints are fine; export by hand with: %s",
+            why,
+            " ".join(["epic-export", *arguments]),
+        )
         return None, why
 
 
@@ -223,8 +231,9 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.path: Path | None = None
 
-    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           predictions, batch_indices) -> None:
+    def write_on_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions, batch_indices
+    ) -> None:
         class_names = list(pl_module.class_names)
         # Indices come per dataloader; predictions too unless there is only one dataloader.
         if predictions and isinstance(predictions[0], list):
@@ -237,8 +246,11 @@ class PredictionWriter(BasePredictionWriter):
             batch_indices = [range(s, s + len(p)) for s, p in zip(starts, predictions, strict=True)]
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        name = PREDICTIONS_FILE if trainer.world_size == 1 else \
-            f"predictions-rank{trainer.global_rank}.csv"
+        name = (
+            PREDICTIONS_FILE
+            if trainer.world_size == 1
+            else f"predictions-rank{trainer.global_rank}.csv"
+        )
         self.path = run_dir / name
         rows = []
         for probs, indices in zip(predictions, batch_indices, strict=True):

@@ -119,8 +119,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -153,7 +155,7 @@ def _unwrap(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """Strip the wrapper prefix the model's keys sit under; keys outside it are not the model's."""
     for prefix in _PREFIXES:
         if prefix + "cls_token" in sd:
-            kept = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            kept = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
             dropped = sorted(k for k in sd if not k.startswith(prefix))
             if dropped:
                 _logger.debug("%s: ignoring non-model entries %s", path, _group_keys(dropped))
@@ -283,7 +285,8 @@ def infer_architecture(state_dict: dict[str, torch.Tensor], hparams: dict | None
         num_heads = 1
         _logger.warning(
             "embed dim %d is not a multiple of 64 and the checkpoint does not say how many "
-            "attention heads it has; assuming 1 (pass num_heads to override)", embed_dim
+            "attention heads it has; assuming 1 (pass num_heads to override)",
+            embed_dim,
         )
     fc1 = state_dict.get("blocks.0.mlp.fc1.weight")
     head = state_dict.get("head.weight")
@@ -323,15 +326,21 @@ def checkpoint_filter_fn(
     if pos is not None and pos.shape != target["pos_embed"].shape:
         old = math.isqrt(pos.shape[1] - 1)
         out["pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=list(model.patch_embed.grid_size), old_size=[old, old],
-            num_prefix_tokens=1, interpolation=interpolation, antialias=interpolation != "nearest",
+            pos,
+            new_size=list(model.patch_embed.grid_size),
+            old_size=[old, old],
+            num_prefix_tokens=1,
+            interpolation=interpolation,
+            antialias=interpolation != "nearest",
         )
 
     te = out.get("time_embed")
     if te is not None and "time_embed" in target and te.shape != target["time_embed"].shape:
         mode = "nearest" if interpolation == "nearest" else "linear"
         resized = F.interpolate(
-            te.float().transpose(1, 2), size=target["time_embed"].shape[1], mode=mode,
+            te.float().transpose(1, 2),
+            size=target["time_embed"].shape[1],
+            mode=mode,
             **({} if mode == "nearest" else {"align_corners": False}),
         )
         out["time_embed"] = resized.transpose(1, 2).to(te.dtype)
@@ -360,7 +369,7 @@ def _group_keys(keys: list[str] | tuple[str, ...]) -> str:
     for key in keys:
         m = _BLOCK_RE.match(key)
         if m:
-            groups["blocks.{}." + key[m.end():]].append(int(m.group(1)))
+            groups["blocks.{}." + key[m.end() :]].append(int(m.group(1)))
         else:
             groups[key] = []
     parts = []
@@ -369,8 +378,10 @@ def _group_keys(keys: list[str] | tuple[str, ...]) -> str:
             parts.append(pattern)
             continue
         idx.sort()
-        span = f"{idx[0]}-{idx[-1]}" if idx == list(range(idx[0], idx[-1] + 1)) else ",".join(
-            map(str, idx)
+        span = (
+            f"{idx[0]}-{idx[-1]}"
+            if idx == list(range(idx[0], idx[-1] + 1))
+            else ",".join(map(str, idx))
         )
         parts.append(pattern.format("{" + span + "}") if len(idx) > 1 else pattern.format(span))
     return ", ".join(parts)
@@ -399,8 +410,11 @@ def load_timesformer(
     raw = read_checkpoint(path)
     arch = infer_architecture(raw.state_dict, raw.hparams)
     overrides = {
-        "num_classes": num_classes, "num_frames": num_frames, "img_size": image_size,
-        "num_heads": num_heads, "attention_type": attention_type,
+        "num_classes": num_classes,
+        "num_frames": num_frames,
+        "img_size": image_size,
+        "num_heads": num_heads,
+        "attention_type": attention_type,
     }
     if raw.kind == "timm_vit" and attention_type is None and not raw.hparams.get("attention_type"):
         # An image ViT is a start point for a video model: build the divided TimeSformer, its
@@ -436,13 +450,23 @@ def load_timesformer(
     missing, unexpected = tuple(result.missing_keys), tuple(result.unexpected_keys)
     _report(Path(path), raw, model, missing, unexpected, strict_report)
     return LoadedModel(
-        model=model.eval(), arch=arch, kind=raw.kind, hparams=raw.hparams,
-        missing_keys=missing, unexpected_keys=unexpected,
+        model=model.eval(),
+        arch=arch,
+        kind=raw.kind,
+        hparams=raw.hparams,
+        missing_keys=missing,
+        unexpected_keys=unexpected,
     )
 
 
-def _report(path: Path, raw: RawCheckpoint, model: TimeSformer, missing: tuple[str, ...],
-            unexpected: tuple[str, ...], strict_report: bool) -> None:
+def _report(
+    path: Path,
+    raw: RawCheckpoint,
+    model: TimeSformer,
+    missing: tuple[str, ...],
+    unexpected: tuple[str, ...],
+    strict_report: bool,
+) -> None:
     # Without temporal weights in the source, time_embed and temporal_fc start from the model's
     # init, as in the reference; that is expected, not a problem to warn about.
     fresh_ok = "time_embed" not in raw.state_dict and not _has_temporal(raw.state_dict)
@@ -459,5 +483,10 @@ def _report(path: Path, raw: RawCheckpoint, model: TimeSformer, missing: tuple[s
             parts.append(f"missing {len(surprising)}: {_group_keys(surprising)}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)}: {_group_keys(unexpected)}")
-        _logger.log(level, "%s (%s): weights do not match the model exactly; %s",
-                    path, raw.kind, "; ".join(parts))
+        _logger.log(
+            level,
+            "%s (%s): weights do not match the model exactly; %s",
+            path,
+            raw.kind,
+            "; ".join(parts),
+        )

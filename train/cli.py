@@ -56,8 +56,9 @@ class EpicTrainCLI(LightningCLI):
     with ``class_names``, ``num_frames``, ``image_size`` and ``clip_seconds`` fits.
     """
 
-    def __init__(self, args: list[str] | None = None, *, datamodule_class: type | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self, args: list[str] | None = None, *, datamodule_class: type | None = None, **kwargs: Any
+    ):
         if datamodule_class is None:
             from train.data import EpicKitchensDataModule
 
@@ -69,9 +70,12 @@ class EpicTrainCLI(LightningCLI):
             # main() hands over the command line it was given; that is not a mistake here.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             super().__init__(
-                VideoClassifier, datamodule_class, args=args,
+                VideoClassifier,
+                datamodule_class,
+                args=args,
                 # The module builds its own optimizer and per-step schedule from model.*.
-                auto_configure_optimizers=False, **kwargs,
+                auto_configure_optimizers=False,
+                **kwargs,
             )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -82,22 +86,32 @@ class EpicTrainCLI(LightningCLI):
 
         # Arguments only: instantiate_trainer builds it, and leaves it out when
         # --trainer.enable_checkpointing false (Lightning refuses the two together).
-        parser.add_class_arguments(ModelCheckpoint, "model_checkpoint", instantiate=False,
-                                   fail_untyped=False, sub_configs=True)
-        parser.set_defaults({
-            "model_checkpoint.monitor": "val_acc",
-            "model_checkpoint.mode": "max",
-            "model_checkpoint.save_top_k": 1,
-            "model_checkpoint.save_last": True,
-            "model_checkpoint.filename": "epoch{epoch:03d}-val_acc{val_acc:.3f}",
-            "model_checkpoint.auto_insert_metric_name": False,
-        })
-        parser.link_arguments("trainer.default_root_dir", "model_checkpoint.dirpath",
-                              compute_fn=checkpoint_dir)
+        parser.add_class_arguments(
+            ModelCheckpoint,
+            "model_checkpoint",
+            instantiate=False,
+            fail_untyped=False,
+            sub_configs=True,
+        )
+        parser.set_defaults(
+            {
+                "model_checkpoint.monitor": "val_acc",
+                "model_checkpoint.mode": "max",
+                "model_checkpoint.save_top_k": 1,
+                "model_checkpoint.save_last": True,
+                "model_checkpoint.filename": "epoch{epoch:03d}-val_acc{val_acc:.3f}",
+                "model_checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments(
+            "trainer.default_root_dir", "model_checkpoint.dirpath", compute_fn=checkpoint_dir
+        )
         parser.add_argument(
-            "--early_stopping", type=int | None, default=None,
+            "--early_stopping",
+            type=int | None,
+            default=None,
             help="Stop when the checkpoint's monitor (val_acc) has not improved for this many"
-                 " validations. Default: off.",
+            " validations. Default: off.",
         )
         parser.add_lightning_class_args(RunArtifacts, "artifacts")
 
@@ -116,8 +130,11 @@ class EpicTrainCLI(LightningCLI):
         if self.subcommand == "fit":
             patience = self._get(self.config_init, "early_stopping")
             if patience:
-                callbacks.append(EarlyStopping(monitor=checkpointing.monitor,
-                                               mode=checkpointing.mode, patience=patience))
+                callbacks.append(
+                    EarlyStopping(
+                        monitor=checkpointing.monitor, mode=checkpointing.mode, patience=patience
+                    )
+                )
             if logger:
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "predict":

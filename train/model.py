@@ -79,10 +79,25 @@ class DividedBlock(Block):
     branch, on the whole spatial residual including the class token).
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
-                 attn_drop: float = 0.0, norm_layer: type[nn.Module] = nn.LayerNorm, **kwargs):
-        super().__init__(dim, num_heads, qkv_bias=qkv_bias, proj_drop=proj_drop,
-                         attn_drop=attn_drop, norm_layer=norm_layer, **kwargs)
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        **kwargs,
+    ):
+        super().__init__(
+            dim,
+            num_heads,
+            qkv_bias=qkv_bias,
+            proj_drop=proj_drop,
+            attn_drop=attn_drop,
+            norm_layer=norm_layer,
+            **kwargs,
+        )
         self.temporal_norm1 = norm_layer(dim)
         self.temporal_attn = Attention(
             dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
@@ -143,7 +158,10 @@ class TimeSformer(nn.Module):
         # Not strict about the input size: like the reference, other sizes get the embeddings
         # resized on the fly (see _pos_embed_for).
         self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=3, embed_dim=embed_dim,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=3,
+            embed_dim=embed_dim,
             strict_img_size=False,
         )
         num_patches = self.patch_embed.num_patches
@@ -159,9 +177,15 @@ class TimeSformer(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             block_cls(
-                dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                proj_drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i],
-                act_layer=act_layer, norm_layer=norm_layer,
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                act_layer=act_layer,
+                norm_layer=norm_layer,
             )
             for i in range(depth)
         )

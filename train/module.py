@@ -52,7 +52,8 @@ def resolve_arch(preset: str, arch: dict | None) -> dict:
             " (num_frames, image_size and the class count are set elsewhere)"
         )
     defaults = {
-        name: p.default for name, p in inspect.signature(TimeSformer).parameters.items()
+        name: p.default
+        for name, p in inspect.signature(TimeSformer).parameters.items()
         if name in ARCH_KEYS
     }
     resolved = {**defaults, **PRESETS[preset], **arch}
@@ -149,9 +150,13 @@ class VideoClassifier(pl.LightningModule):
                 " data (class_names.json or the class folders)"
             )
         if optimizer not in OPTIMIZERS:
-            raise OptionError(f"model.optimizer {optimizer!r} is unknown; use one of {list(OPTIMIZERS)}")
+            raise OptionError(
+                f"model.optimizer {optimizer!r} is unknown; use one of {list(OPTIMIZERS)}"
+            )
         if schedule not in SCHEDULES:
-            raise OptionError(f"model.schedule {schedule!r} is unknown; use one of {list(SCHEDULES)}")
+            raise OptionError(
+                f"model.schedule {schedule!r} is unknown; use one of {list(SCHEDULES)}"
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise OptionError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         frozen_blocks = parse_freeze(freeze)
@@ -163,7 +168,10 @@ class VideoClassifier(pl.LightningModule):
         else:
             resolved = resolve_arch(preset, arch)
             self.model = build_timesformer(
-                preset, img_size=image_size, num_frames=num_frames, num_classes=num_classes,
+                preset,
+                img_size=image_size,
+                num_frames=num_frames,
+                num_classes=num_classes,
                 **resolved,
             )
         # The checkpoint's hparams rebuild the network without its starting weights (the state
@@ -207,12 +215,19 @@ class VideoClassifier(pl.LightningModule):
         hp = self.hparams
         # load_timesformer reports missing and unexpected weights itself.
         loaded = load_timesformer(
-            path, num_classes=num_classes, num_frames=hp.num_frames, image_size=hp.image_size,
+            path,
+            num_classes=num_classes,
+            num_frames=hp.num_frames,
+            image_size=hp.image_size,
             **arch,
         )
         from_ckpt = {k: v for k, v in dict(loaded.arch).items() if k in ARCH_KEYS}
-        log.info("starting from %s (%s checkpoint), head reset to %d classes", path, loaded.kind,
-                 num_classes)
+        log.info(
+            "starting from %s (%s checkpoint), head reset to %d classes",
+            path,
+            loaded.kind,
+            num_classes,
+        )
         return loaded.model, resolve_arch(preset, {**from_ckpt, **arch})
 
     def _freeze(self, frozen_blocks: int | None) -> list[nn.Module]:
@@ -250,16 +265,30 @@ class VideoClassifier(pl.LightningModule):
         frames, labels = batch
         logits = self(frames)
         loss = F.cross_entropy(
-            logits, labels,
+            logits,
+            labels,
             label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0,
         )
         acc = getattr(self, f"{stage}_acc")
         acc(logits, labels)
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-                 sync_dist=True, batch_size=labels.shape[0])
-        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=labels.shape[0])
+        self.log(
+            f"{stage}_loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=labels.shape[0],
+        )
+        self.log(
+            f"{stage}_acc",
+            acc,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=labels.shape[0],
+        )
         if stage != "train":
             getattr(self, f"{stage}_class_acc").update(logits, labels)
             getattr(self, f"{stage}_confusion").update(logits, labels)
@@ -310,7 +339,8 @@ class VideoClassifier(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups_weight_decay(
-            self.model, weight_decay=hp.weight_decay,
+            self.model,
+            weight_decay=hp.weight_decay,
             no_weight_decay_list=self.model.no_weight_decay(),
         )
         groups = [g for g in groups if g["params"]]

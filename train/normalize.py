@@ -20,7 +20,9 @@ REFERENCE_STD = (0.225, 0.225, 0.225)
 class FrameNormalizer(nn.Module):
     """uint8 BGR [B, T, H, W, 3] -> float RGB [B, 3, T, H, W], scaled to [0, 1] then standardised."""
 
-    def __init__(self, mean: Sequence[float] = REFERENCE_MEAN, std: Sequence[float] = REFERENCE_STD):
+    def __init__(
+        self, mean: Sequence[float] = REFERENCE_MEAN, std: Sequence[float] = REFERENCE_STD
+    ):
         super().__init__()
         if len(mean) != 3 or len(std) != 3:
             raise ValueError("mean and std need one value per RGB channel")

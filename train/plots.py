@@ -32,8 +32,11 @@ def draw_curves(history: Sequence[dict], path: str | Path) -> Path:
         (fig.add_subplot(1, 2, 2), "acc", "Accuracy"),
     ):
         for stage, style in (("train", "o-"), ("val", "s-")):
-            points = [(h["epoch"] + 1, h[f"{stage}_{metric}"]) for h in history
-                      if h.get(f"{stage}_{metric}") is not None]
+            points = [
+                (h["epoch"] + 1, h[f"{stage}_{metric}"])
+                for h in history
+                if h.get(f"{stage}_{metric}") is not None
+            ]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, style, label=stage, markersize=3)
@@ -48,8 +51,12 @@ def draw_curves(history: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def draw_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path,
-                   title: str = "Validation confusion matrix") -> Path:
+def draw_confusion(
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "Validation confusion matrix",
+) -> Path:
     """Counts with rows = true class and columns = predicted class, shaded by row share."""
     n = len(class_names)
     rows = [list(r) for r in matrix]
@@ -67,6 +74,13 @@ def draw_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     if n <= 30:  # beyond that the numbers are unreadable; the shading still tells the story
         for i, row in enumerate(rows):
             for j, count in enumerate(row):
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                        color="white" if share[i][j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i][j] > 0.5 else "black",
+                )
     return _save(fig, path)

@@ -109,10 +109,14 @@ def texture(rng: np.random.Generator, family: str, h: int, w: int) -> np.ndarray
         # Smooth value noise: a coarse random grid, upsampled with cubic interpolation.
         cells = rng.uniform(3.0, 8.0)
         gh, gw = max(2, round(cells * h / min(h, w))), max(2, round(cells * w / min(h, w)))
-        t = cv2.resize(rng.random((gh, gw), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        t = cv2.resize(
+            rng.random((gh, gw), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+        )
     elif family == "stripes":
         u, _ = _rotated(x, y, angle)
-        t = 0.5 + 0.5 * np.sin(2 * math.pi * rng.uniform(2.5, 7.0) * u + rng.uniform(0, 2 * math.pi))
+        t = 0.5 + 0.5 * np.sin(
+            2 * math.pi * rng.uniform(2.5, 7.0) * u + rng.uniform(0, 2 * math.pi)
+        )
     elif family == "checker":
         u, v = _rotated(x, y, angle)
         f = rng.uniform(2.0, 5.0)
@@ -123,8 +127,14 @@ def texture(rng: np.random.Generator, family: str, h: int, w: int) -> np.ndarray
         s = min(h, w)
         for _ in range(int(rng.integers(8, 25) * w / s * h / s)):
             c = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
-            cv2.circle(t, c, max(1, int(rng.uniform(0.03, 0.09) * s)), float(rng.uniform(0.5, 1)), -1,
-                       cv2.LINE_AA)
+            cv2.circle(
+                t,
+                c,
+                max(1, int(rng.uniform(0.03, 0.09) * s)),
+                float(rng.uniform(0.5, 1)),
+                -1,
+                cv2.LINE_AA,
+            )
     elif family == "cells":
         # Voronoi cells with random shades: flat patches with straight edges, unlike any seen family.
         n = int(rng.integers(10, 30))
@@ -351,7 +361,9 @@ def render_frames(
         elif step.action == IDLE:
             actions.append(_still_objects(rng, step.frames, fps, aspect, families))
         else:
-            actions.append([(0, draw_instance(rng, step.action, step.frames, fps, aspect, families))])
+            actions.append(
+                [(0, draw_instance(rng, step.action, step.frames, fps, aspect, families))]
+            )
 
     def frame_of(objects: list[tuple[int, Instance]], i: int) -> np.ndarray:
         frame = background
@@ -392,7 +404,11 @@ def _still_objects(
 
 
 def _objects_in_view(
-    rng: np.random.Generator, action: str, frames: int, fps: float, aspect: float,
+    rng: np.random.Generator,
+    action: str,
+    frames: int,
+    fps: float,
+    aspect: float,
     families: Sequence[str],
 ) -> list[tuple[int, Instance]]:
     """(first frame, object) pairs that show ``action`` for ``frames`` frames, always in view.
@@ -411,8 +427,16 @@ def _objects_in_view(
         swing = math.log(DEMO_RADII[1] / DEMO_RADII[0])
         zoom = swing / max(1, frames - 1) * (1 if action == "approach" else -1)
         radius = math.sqrt(DEMO_RADII[0] * DEMO_RADII[1])
-        inst = Instance(action, frames, aspect / 2 + jitter[0], 0.5 + jitter[1], radius, 0.0,
-                        zoom, make_sprite(rng, 96, families))
+        inst = Instance(
+            action,
+            frames,
+            aspect / 2 + jitter[0],
+            0.5 + jitter[1],
+            radius,
+            0.0,
+            zoom,
+            make_sprite(rng, 96, families),
+        )
         return [(0, inst)]
     objects, start = [], None
     direction = 1 if rng.uniform() < 0.5 else -1  # one way for the whole action
@@ -422,8 +446,9 @@ def _objects_in_view(
         length = round(path / rng.uniform(*SPEED_RANGE) * fps) + 1
         velocity = path / (length - 1) * direction
         sprite = make_sprite(rng, 96, families)
-        inst = Instance(action, length, aspect / 2, rng.uniform(0.35, 0.65), radius, velocity,
-                        0.0, sprite)
+        inst = Instance(
+            action, length, aspect / 2, rng.uniform(0.35, 0.65), radius, velocity, 0.0, sprite
+        )
         start = -round(0.35 * length) if start is None else start
         objects.append((start, inst))
         start += round(0.55 * length)
@@ -470,14 +495,39 @@ def plan_video(
 
 FRAME_NAME = "frame_{:010d}.jpg"
 TRAIN_COLUMNS = (
-    "uid", "participant_id", "video_id", "narration", "start_timestamp", "stop_timestamp",
-    "start_frame", "stop_frame", "verb", "verb_class", "noun", "noun_class", "all_nouns",
-    "all_noun_classes", "action_class",
+    "uid",
+    "participant_id",
+    "video_id",
+    "narration",
+    "start_timestamp",
+    "stop_timestamp",
+    "start_frame",
+    "stop_frame",
+    "verb",
+    "verb_class",
+    "noun",
+    "noun_class",
+    "all_nouns",
+    "all_noun_classes",
+    "action_class",
 )
 VAL_COLUMNS = (
-    "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
-    "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
-    "noun_class", "all_nouns", "all_noun_classes", "action_class",
+    "narration_id",
+    "participant_id",
+    "video_id",
+    "narration_timestamp",
+    "start_timestamp",
+    "stop_timestamp",
+    "start_frame",
+    "stop_frame",
+    "narration",
+    "verb",
+    "verb_class",
+    "noun",
+    "noun_class",
+    "all_nouns",
+    "all_noun_classes",
+    "action_class",
 )
 METADATA = "synth.json"
 PARTICIPANTS = 8
@@ -507,19 +557,35 @@ def _seed(seed: int, *path: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *path]))
 
 
-def _row(split: str, number: int, pid: str, vid: str, span: ActionSpan, fps: float,
-         rng: np.random.Generator) -> dict[str, str | int]:
+def _row(
+    split: str,
+    number: int,
+    pid: str,
+    vid: str,
+    span: ActionSpan,
+    fps: float,
+    rng: np.random.Generator,
+) -> dict[str, str | int]:
     verb = span.action.replace(" ", "-")
     noun = "object"
     start_s, stop_s = (span.start_frame - 1) / fps, (span.stop_frame - 1) / fps
     # The real annotations carry stray leading spaces in action_class; so do some of ours.
     name = (" " if rng.uniform() < 0.25 else "") + span.action
     common = {
-        "participant_id": pid, "video_id": vid, "narration": f"{span.action} {noun}",
-        "start_timestamp": timestamp(start_s), "stop_timestamp": timestamp(stop_s),
-        "start_frame": span.start_frame, "stop_frame": span.stop_frame,
-        "verb": verb, "verb_class": CLASSES.index(span.action), "noun": noun, "noun_class": 0,
-        "all_nouns": f"['{noun}']", "all_noun_classes": "[0]", "action_class": name,
+        "participant_id": pid,
+        "video_id": vid,
+        "narration": f"{span.action} {noun}",
+        "start_timestamp": timestamp(start_s),
+        "stop_timestamp": timestamp(stop_s),
+        "start_frame": span.start_frame,
+        "stop_frame": span.stop_frame,
+        "verb": verb,
+        "verb_class": CLASSES.index(span.action),
+        "noun": noun,
+        "noun_class": 0,
+        "all_nouns": f"['{noun}']",
+        "all_noun_classes": "[0]",
+        "action_class": name,
     }
     if split == "train":
         return {"uid": number, **common}
@@ -574,8 +640,11 @@ def generate_dataset(
                     plan = plans[split][v]
                     frames = render_frames(_seed(seed, s, v, 1), plan, height, width, fps)
                     for index, frame in enumerate(frames, start=1):
-                        cv2.imwrite(str(folder / FRAME_NAME.format(index)), frame,
-                                    [cv2.IMWRITE_JPEG_QUALITY, quality])
+                        cv2.imwrite(
+                            str(folder / FRAME_NAME.format(index)),
+                            frame,
+                            [cv2.IMWRITE_JPEG_QUALITY, quality],
+                        )
                         advance()
                     names = _seed(seed, s, v, 2)
                     for span in spans_of(plan, first_frame=1):
@@ -585,8 +654,14 @@ def generate_dataset(
         json.dumps({name: i for i, name in enumerate(CLASSES)}, indent=2) + "\n"
     )
     meta = {
-        "generator": "train.synth", "seed": seed, "fps": fps, "width": width, "height": height,
-        "videos": splits, "segments_per_video": segments, "classes": list(CLASSES),
+        "generator": "train.synth",
+        "seed": seed,
+        "fps": fps,
+        "width": width,
+        "height": height,
+        "videos": splits,
+        "segments_per_video": segments,
+        "classes": list(CLASSES),
         "textures": list(SEEN_TEXTURES),
     }
     (root / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
@@ -624,8 +699,12 @@ class _progress:
 # The demo video.
 
 DEMO_SEQUENCE: tuple[tuple[str, float], ...] = (
-    ("slide", 7.0), ("approach", 3.5), ("recede", 3.5), ("slide", 7.0),
-    ("recede", 3.5), ("approach", 3.5),
+    ("slide", 7.0),
+    ("approach", 3.5),
+    ("recede", 3.5),
+    ("slide", 7.0),
+    ("recede", 3.5),
+    ("approach", 3.5),
 )
 
 
@@ -677,12 +756,21 @@ def render_sequence_video(
     spans = spans_of(plan)
     frames = sum(step.frames for step in plan)
     truth = {
-        "video": path.name, "fps": fps, "frames": frames, "width": width, "height": height,
-        "background": background, "textures": list(families),
+        "video": path.name,
+        "fps": fps,
+        "frames": frames,
+        "width": width,
+        "height": height,
+        "background": background,
+        "textures": list(families),
         "frame_numbering": "0-based, like epic-stream's frame_index; stop_frame inclusive",
         "segments": [
-            {**asdict(s), "label": s.action, "start_s": s.start_frame / fps,
-             "end_s": (s.stop_frame + 1) / fps}
+            {
+                **asdict(s),
+                "label": s.action,
+                "start_s": s.start_frame / fps,
+                "end_s": (s.stop_frame + 1) / fps,
+            }
             for s in spans
         ],
     }
@@ -702,20 +790,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="dataset folder to write (layout A)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    parser.add_argument("--videos", type=int, default=240,
-                        help="training videos (default: 240); validation gets a third as many")
-    parser.add_argument("--val-videos", type=int, default=None,
-                        help="validation videos (default: a third of --videos)")
-    parser.add_argument("--segments", type=int, default=4,
-                        help="actions per video (default: 4)")
-    parser.add_argument("--size", type=int, default=None,
-                        help=f"frame height in pixels, frames are 4:3 (default: {DEFAULT_SIZE} for "
-                        "the dataset, 240 for the demo video)")
-    parser.add_argument("--fps", type=float, default=DEFAULT_FPS,
-                        help=f"frame rate; train with the same --data.fps (default: {DEFAULT_FPS:g})")
-    parser.add_argument("--demo-video", type=Path, metavar="PATH",
-                        help="also write a demo video (mp4v) of several actions in sequence on "
-                        "unseen backgrounds, with its ground truth in PATH.json")
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=240,
+        help="training videos (default: 240); validation gets a third as many",
+    )
+    parser.add_argument(
+        "--val-videos",
+        type=int,
+        default=None,
+        help="validation videos (default: a third of --videos)",
+    )
+    parser.add_argument("--segments", type=int, default=4, help="actions per video (default: 4)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help=f"frame height in pixels, frames are 4:3 (default: {DEFAULT_SIZE} for "
+        "the dataset, 240 for the demo video)",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=DEFAULT_FPS,
+        help=f"frame rate; train with the same --data.fps (default: {DEFAULT_FPS:g})",
+    )
+    parser.add_argument(
+        "--demo-video",
+        type=Path,
+        metavar="PATH",
+        help="also write a demo video (mp4v) of several actions in sequence on "
+        "unseen backgrounds, with its ground truth in PATH.json",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser
@@ -730,8 +837,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.out.exists() and any(args.out.iterdir()):
                 raise OutputError(f"{args.out} exists and is not empty; choose a new folder")
             root = generate_dataset(
-                args.out, seed=args.seed, videos=args.videos, val_videos=args.val_videos,
-                segments=args.segments, size=args.size or DEFAULT_SIZE, fps=args.fps,
+                args.out,
+                seed=args.seed,
+                videos=args.videos,
+                val_videos=args.val_videos,
+                segments=args.segments,
+                size=args.size or DEFAULT_SIZE,
+                fps=args.fps,
                 progress=not args.quiet,
             )
             print(f"wrote {root} ({args.fps:g} fps: train with --data.fps {args.fps:g})")
