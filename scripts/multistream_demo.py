@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     recordings = [out / f"{name}.mp4" for name in STREAMS]
     counts = [int(cv2.VideoCapture(str(r)).get(cv2.CAP_PROP_FRAME_COUNT)) for r in recordings]
-    moment = int(min(counts) * 0.55)
+    moment = int(min(counts) * 0.78)  # inside every stream's second action
     grid = compose_grid([frame_at(r, moment) for r in recordings])
     picture = args.picture or out / "demo_multi_grid.png"
     cv2.imwrite(str(picture), grid)
