@@ -5,6 +5,7 @@ Everything is made on the fly, small (160x120 by default) and fast; nothing is d
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,45 @@ import numpy as np
 import pytest
 
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+# Fields that differ between two runs of the same input: timings and wall-clock times.
+TIMING_KEYS = frozenset(
+    {
+        "latency_ms",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "inference_ms_mean",
+        "fps",
+        "model_fps",
+        "wall_s",
+        "wall_time",
+        "wall_start",
+        "wall_end",
+    }
+)
+
+
+def read_events(path: Path) -> list[dict]:
+    """Every line of an ``--events`` file, parsed."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def without_timing(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in events]
+
+
+def slow_runner(monkeypatch, seconds: float) -> None:
+    """Make every model run take at least ``seconds`` without using the CPU."""
+    from stream.runtime import Runner
+
+    original = Runner.run
+
+    def run(self, n=1):
+        time.sleep(seconds)
+        return original(self, n)
+
+    monkeypatch.setattr(Runner, "run", run)
 
 
 def grey_frames(levels: Sequence[int], size: tuple[int, int] = (160, 120)) -> list[np.ndarray]:

@@ -13,15 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import grey_frames
+from conftest import grey_frames, read_events
 from onnx_models import probe_model
 from reliability_util import ROOT
 
 from stream.__main__ import main
-
-
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture

@@ -10,38 +10,19 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import count_frames, grey_frames
+from conftest import TIMING_KEYS, count_frames, grey_frames, read_events, slow_runner
 from onnx_models import classifier_model, probe_model
-from reliability_util import ROOT, StallingServer
+from reliability_util import ROOT, StallingServer, epic_threads
 
 from stream.__main__ import main
 from stream.errors import OptionError
 from stream.naming import name_sources
 from stream.pipeline import StreamOptions, StreamPipeline
-from stream.runtime import Runner
-
-TIMING_KEYS = {
-    "latency_ms",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "inference_ms_mean",
-    "fps",
-    "model_fps",
-    "wall_s",
-    "wall_time",
-    "wall_start",
-    "wall_end",
-}
-
-
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def by_stream(events: list[dict]) -> dict[str, list[dict]]:
@@ -54,21 +35,6 @@ def by_stream(events: list[dict]) -> dict[str, list[dict]]:
 def comparable(events: list[dict]) -> list[dict]:
     """Events without timing, and without scores (compared apart, within 1e-4)."""
     return [{k: v for k, v in e.items() if k not in TIMING_KEYS | {"scores"}} for e in events]
-
-
-def epic_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("epic-")]
-
-
-def slow_runner(monkeypatch, seconds: float) -> None:
-    """Every model run takes at least ``seconds`` without using the CPU."""
-    original = Runner.run
-
-    def run(self, n=1):
-        time.sleep(seconds)
-        return original(self, n)
-
-    monkeypatch.setattr(Runner, "run", run)
 
 
 @pytest.fixture

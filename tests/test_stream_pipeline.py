@@ -5,16 +5,23 @@ No timing asserts: every check is about which frames went where, and how many.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import count_frames, grey_frames, read_frames, write_video
+from conftest import (
+    count_frames,
+    grey_frames,
+    read_events,
+    read_frames,
+    slow_runner,
+    without_timing,
+    write_video,
+)
 from onnx_models import classifier_model, decode_probe, probe_model
+from reliability_util import epic_threads
 
 import stream.channel
 import stream.recorder
@@ -25,33 +32,8 @@ from stream.errors import OutputError, SourceError
 from stream.overlay import OverlayState, draw_overlay
 from stream.pipeline import StreamOptions, StreamPipeline
 from stream.prediction import Label
-from stream.runtime import Runner
 
 T = 4  # probe clip length
-TIMING_KEYS = {
-    "latency_ms",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "inference_ms_mean",
-    "fps",
-    "model_fps",
-    "wall_s",
-    "wall_time",
-    "wall_start",
-    "wall_end",
-}
-
-
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def without_timing(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in events]
-
-
-def stream_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("epic-")]
 
 
 @pytest.fixture
@@ -94,7 +76,7 @@ def test_file_mode_feeds_the_model_in_order_with_the_right_spacing(
     assert summary["frames"] == 60 and summary["dropped_frames"] == 0
     assert summary["predictions"] == len(predictions)
     assert summary["mode"] == "lossless" and summary["every"] == every
-    assert not stream_threads()
+    assert not epic_threads()
 
 
 def test_every_sets_the_prediction_frames(tmp_path, probe, make_frame_folder):
@@ -274,17 +256,6 @@ def test_frames_that_change_size_midstream_are_recorded_at_the_first_size(tmp_pa
     assert len(frames) == 15 and {f.shape for f in frames} == {(120, 160, 3)}
 
 
-def slow_runner(monkeypatch, seconds: float) -> None:
-    """Make every inference take at least ``seconds`` without using the CPU."""
-    original = Runner.run
-
-    def run(self, n=1):
-        time.sleep(seconds)
-        return original(self, n)
-
-    monkeypatch.setattr(Runner, "run", run)
-
-
 def test_realtime_with_a_slow_model_always_takes_the_newest_clip(
     tmp_path, probe, make_video, monkeypatch
 ):
@@ -315,7 +286,7 @@ def test_realtime_with_a_slow_model_always_takes_the_newest_clip(
     assert count_frames(record) == summary["frames"]
     assert summary["frames"] + summary["dropped_frames"] == 60
     assert summary["mode"] == "paced"
-    assert not stream_threads()
+    assert not epic_threads()
 
 
 def test_realtime_drops_are_counted_and_every_presented_frame_recorded(
@@ -410,7 +381,7 @@ def test_an_error_in_the_capture_thread_ends_the_run_with_outputs_finalized(
     assert "epic-stream: error: cannot read frame image" in err and "Traceback" not in err
     assert count_frames(record) == 11  # every frame before the corrupt one
     assert read_events(events_path)[-1]["type"] == "summary"
-    assert not stream_threads()
+    assert not epic_threads()
 
 
 def test_a_bug_in_the_scheduler_is_reraised_in_the_main_thread(
@@ -436,7 +407,7 @@ def test_a_bug_in_the_scheduler_is_reraised_in_the_main_thread(
             ]
         )
     assert read_events(events_path)[-1]["ended_by"] == "error: ZeroDivisionError"
-    assert not stream_threads()
+    assert not epic_threads()
 
 
 def test_a_full_disk_stops_the_recording_cleanly(tmp_path, probe, make_video, monkeypatch, capsys):

@@ -8,12 +8,10 @@ exactly those of a run without an outage; the events and the summary record the 
 from __future__ import annotations
 
 import io
-import json
 import threading
-from pathlib import Path
 
 import pytest
-from conftest import grey_frames, write_video
+from conftest import TIMING_KEYS, grey_frames, read_events, write_video
 from onnx_models import probe_model
 from rich.console import Console
 
@@ -24,29 +22,14 @@ from stream.pipeline import StreamOptions, StreamPipeline
 from stream.runtime import Runner
 from stream.triton_client import ServerAddress, parse_server
 
-TIMING = {
-    "latency_ms",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "inference_ms_mean",
-    "fps",
-    "model_fps",
-    "wall_s",
-    "wall_time",
-    "wall_start",
-    "wall_end",
-}
-
-
-def _events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
 
 def _per_stream(lines: list[dict]) -> dict[str, list[dict]]:
     """Each stream's lines in order, without timing (streams interleave differently each run)."""
     streams: dict[str, list[dict]] = {}
     for r in lines:
-        streams.setdefault(r["stream"], []).append({k: v for k, v in r.items() if k not in TIMING})
+        streams.setdefault(r["stream"], []).append(
+            {k: v for k, v in r.items() if k not in TIMING_KEYS}
+        )
     return streams
 
 
@@ -100,7 +83,7 @@ def test_file_streams_wait_out_an_outage_and_predict_exactly_as_without_it(
     _run(StreamOptions(source=tuple(map(str, videos)), model=model, events=flaky, display=False))
 
     assert len(calls) > 6
-    lines = _events(flaky)
+    lines = read_events(flaky)
     server = [r for r in lines if r["type"] == "server"]
     assert [(r["stream"], r["state"]) for r in server] == [
         ("v0", "lost"),
@@ -119,7 +102,7 @@ def test_file_streams_wait_out_an_outage_and_predict_exactly_as_without_it(
         for r in lines
         if r["type"] != "server"
     ]
-    assert _per_stream(kept) == _per_stream(_events(clean))
+    assert _per_stream(kept) == _per_stream(read_events(clean))
     assert "inference server lost (test outage, call 3)" in caplog.text
     assert "inference server back after" in caplog.text
 
@@ -144,7 +127,7 @@ def test_a_stop_during_an_outage_finalizes_every_output(setup, monkeypatch):
         pipeline.run()
     finally:
         timer.cancel()
-    lines = _events(events)
+    lines = read_events(events)
     assert [r["state"] for r in lines if r["type"] == "server"] == ["lost"]
     summary = lines[-1]
     assert summary["type"] == "summary" and summary["server_outages"] == 1

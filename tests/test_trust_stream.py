@@ -4,7 +4,6 @@ steered it, the last inference thrown away, and finalization that hid what happe
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import count_frames
+from conftest import count_frames, read_events
 from onnx_models import faulty_model, matmul_model, probe_model
 from reliability_util import ROOT
 
@@ -23,10 +22,6 @@ import stream.recorder
 from stream.__main__ import main
 from stream.errors import ModelError, OutputError, SourceError
 from stream.runtime import Runner
-
-
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def one_error_line(capsys) -> str:
