@@ -250,7 +250,7 @@ class EmaSmoother(Smoother):
 class _WindowSmoother(Smoother):
     """Keeps the gated top-1 labels and score vectors of the last ``window`` predictions, or of
     the last ``window_s`` seconds of source time (a prediction is in the window while its time is
-    within ``window_s`` of the newest)."""
+    less than ``window_s`` before the newest's)."""
 
     def __init__(
         self,
@@ -280,7 +280,9 @@ class _WindowSmoother(Smoother):
         if dt is not None and dt > 0:
             self._last_dt = dt
         if self.window_s is not None:
-            while self._times[0] <= time_s - self.window_s - _TIME_TOLERANCE_S:
+            # Each prediction stands for the interval before it: one exactly window_s older than
+            # the newest lies outside (4 a second, 0.75 s: the last 3, as a window of 3 would).
+            while self._times[0] <= time_s - self.window_s + _TIME_TOLERANCE_S:
                 self._times.popleft()
                 self._labels.popleft()
                 self._scores.popleft()

@@ -335,6 +335,13 @@ def test_the_label_follows_in_the_same_time_at_2_4_and_30_predictions_a_second(p
         rate: follow_time(make_smoother(policy, NAMES, min_score=0.0), rate) for rate in (2, 4, 30)
     }
     assert all(0.3 <= t <= 1.0 for t in times.values()), times
+    # At 4 a second, exactly the old count defaults' feel (alpha 0.4, vote 5, hysteresis 3).
+    counts = {"ema": {"alpha": DEFAULT_ALPHA}, "vote": {"window": DEFAULT_WINDOW}}.get(
+        policy, {"window": DEFAULT_HYSTERESIS_WINDOW}
+    )
+    assert times[4] == pytest.approx(
+        follow_time(make_smoother(policy, NAMES, min_score=0.0, **counts), 4)
+    )
     # Counts would not: a window of 5 predictions is 2.5 s at 2/s and 0.17 s at 30/s.
     if policy != "ema":
         counted = {
