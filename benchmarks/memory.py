@@ -83,10 +83,15 @@ def sample(
     return samples
 
 
-def flatness(samples: list[tuple[float, float, int]], warmup_s: float) -> dict:
-    t = np.array([s[0] for s in samples if s[0] >= warmup_s])
-    rss = np.array([s[1] for s in samples if s[0] >= warmup_s])
-    threads = np.array([s[2] for s in samples if s[0] >= warmup_s])
+def flatness(
+    samples: list[tuple[float, float, int]], warmup_s: float, end_s: float = float("inf")
+) -> dict:
+    """RSS and threads between the warm-up and ``end_s``: the video ends at its length, and the
+    samples after that see the process finalizing (its threads ending), not streaming."""
+    judged = [s for s in samples if warmup_s <= s[0] <= end_s]
+    t = np.array([s[0] for s in judged])
+    rss = np.array([s[1] for s in judged])
+    threads = np.array([s[2] for s in judged])
     if len(rss) < 2:
         raise BenchError(f"only {len(rss)} samples after the {warmup_s:g} s warm-up")
     median = float(np.median(rss))
@@ -127,7 +132,7 @@ def run(bench: Bench) -> SectionResult:
             str(bench.work / "memory.mp4"),
         )
         samples = sample(argv, p.memory_seconds, advance)
-    f = flatness(samples, p.memory_warmup_s)
+    f = flatness(samples, p.memory_warmup_s, end_s=p.memory_seconds - 1.0)
     met = f["range_frac"] <= GOAL and f["trend_frac"] <= GOAL
     cause = (
         ""
