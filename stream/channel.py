@@ -36,7 +36,7 @@ from stream.console import StreamStats
 from stream.contract import ModelContract
 from stream.events import MS_DECIMALS, EventWriter, wall_time
 from stream.overlay import OverlayState, draw_overlay
-from stream.prediction import Label, Prediction, top_label
+from stream.prediction import Label, Prediction, top_k, top_label
 from stream.ring import FrameRing, Overflow
 from stream.scheduler import ClipPolicy, Lane, PredictionBoard, default_every
 from stream.signals import Stopper
@@ -325,7 +325,7 @@ class StreamChannel:
             self._percentiles = tuple(float(v) for v in np.percentile(self._latencies, [50, 95]))
         smoothed_scores = self.smoother.scores
         if valid and not prediction.warmup:
-            self._top = _top_k(
+            self._top = top_k(
                 prediction.scores if smoothed_scores is None else smoothed_scores,
                 self.contract.class_names,
                 self.top_k,
@@ -527,8 +527,3 @@ class StreamChannel:
             if self.source.end_note:
                 log.warning("%s", self.source.end_note)
             return self.summary
-
-
-def _top_k(scores: np.ndarray, class_names, k: int) -> tuple[tuple[str, float], ...]:
-    order = np.argsort(-np.nan_to_num(np.asarray(scores, np.float64), nan=-1.0), kind="stable")[:k]
-    return tuple((class_names[i], float(scores[i])) for i in order)
