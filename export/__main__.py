@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
 
+from export.calibration import DEFAULT_CLIPS
 from export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Precision
 from export.triton import DEFAULT_QUEUE_DELAY_US, InstanceKind
 from stream.errors import EpicError
@@ -70,7 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         dest="precision",
         const=Precision.INT8,
-        help="write a dynamically quantized int8 model (for CPUs)",
+        help="write an int8 model for CPUs: dynamic, or static with --calibration",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="with --int8: static int8, its activation ranges measured on clips sampled from "
+        "DIR (videos or frame folders like the ones the model will see); prints how often int8 "
+        "agrees with fp32 on them",
+    )
+    parser.add_argument(
+        "--calibration-clips",
+        type=int,
+        default=DEFAULT_CLIPS,
+        metavar="N",
+        help=f"clips to sample from --calibration DIR (default {DEFAULT_CLIPS})",
     )
     parser.add_argument(
         "--mean",
@@ -149,6 +165,21 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=err, show_time=False, show_path=False)],
     )
+    status = {"now": None, "text": ""}
+
+    @contextlib.contextmanager
+    def step(message: str):
+        with err.status(message) as shown:
+            status["now"], status["text"] = shown, message
+            try:
+                yield shown
+            finally:
+                status["now"] = None
+
+    def progress(what: str, done: int, total: int) -> None:
+        if status["now"] is not None:
+            status["now"].update(f"{status['text']}: {what} {done}/{total}")
+
     try:
         # Imported here so --help and option errors answer before torch loads.
         from export.checkpoint import export_checkpoint
@@ -174,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             triton_queue_delay_us=args.triton_queue_delay_us,
             check_clips=args.check_clips,
             timing_runs=args.timing_runs,
-            step=lambda message: err.status(message),
+            calibration=args.calibration,
+            calibration_clips=args.calibration_clips,
+            step=step,
+            progress=progress,
         )
     except EpicError as exc:
         if args.debug:

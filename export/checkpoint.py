@@ -22,6 +22,7 @@ import onnxruntime as ort
 import torch
 
 from export import onnx as onnx_export
+from export.calibration import DEFAULT_CLIPS, find_sources, sample_clips
 from export.errors import ExportError
 from export.names import (
     check_class_names,
@@ -29,7 +30,7 @@ from export.names import (
     names_from_value,
     read_class_names,
 )
-from export.onnx import DEFAULT_OPSET, GraphInfo, Parity, Precision
+from export.onnx import DEFAULT_OPSET, Agreement, GraphInfo, Parity, Precision
 from export.triton import (
     DEFAULT_QUEUE_DELAY_US,
     InstanceKind,
@@ -54,6 +55,7 @@ REFERENCE_SAMPLING_RATES = {8: 32, 16: 16, 96: 4}
 REFERENCE_WINDOW_FRAMES = 256
 
 Step = Callable[[str], AbstractContextManager]
+Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 def reference_clip_seconds(
@@ -94,6 +96,7 @@ class ExportReport:
     ms_per_clip: dict[str, float]  # precision -> ONNX Runtime CPU ms per batch-1 clip (median)
     seconds: float
     triton_dir: Path | None = None
+    agreement: Agreement | None = None  # int8 vs fp32 top-1 on the calibration clips
     warnings: tuple[str, ...] = ()
 
 
@@ -146,14 +149,20 @@ def export_checkpoint(
     triton_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     check_clips: int = 3,
     timing_runs: int = 5,
+    calibration: str | Path | None = None,
+    calibration_clips: int = DEFAULT_CLIPS,
     step: Step | None = None,
+    progress: Progress | None = None,
 ) -> ExportReport:
     """Load ``checkpoint``, export it to ``output`` in ``precision``, check it, report.
 
     Quick failures come first (option values, output folders, the names file) so that a mistake
     costs seconds, not a base-model export. ``step(message)`` wraps each long step (the CLI shows
     a spinner); ``check_clips`` random clips (at least 3: batch 1, then batches of 2) compare ONNX
-    Runtime with torch.
+    Runtime with torch. ``calibration`` (a folder of videos or frame folders) makes int8 static:
+    ``calibration_clips`` clips sampled from it set the activation ranges, and the int8 model's
+    top-1 agreement with fp32 on them is measured and reported (a warning below 98%).
+    ``progress(what, done, total)`` follows the steps that go clip by clip.
     """
     from train.checkpoint import load_timesformer  # the train extra: only needed here
 
@@ -183,6 +192,14 @@ def export_checkpoint(
         raise OptionError(
             f"--check-clips must be at least 3 (batch 1, then batch 2), got {check_clips}"
         )
+    if calibration is not None and precision is not Precision.INT8:
+        raise OptionError(
+            "--calibration sets the ranges of static int8; add --int8 (or leave --calibration out)"
+        )
+    if calibration is not None:
+        if calibration_clips < 1:
+            raise OptionError(f"--calibration-clips must be at least 1, got {calibration_clips}")
+        find_sources(calibration)  # a wrong folder fails now, not after the export
     if timing_runs < 1:
         raise OptionError(f"--timing-runs must be at least 1, got {timing_runs}")
     if triton_max_batch_size < 1:
@@ -288,6 +305,8 @@ def export_checkpoint(
 
     parity: list[Parity] = []
     timings: dict[str, float] = {}
+    agreement: Agreement | None = None
+    progress = progress or (lambda _what, _done, _total: None)
     with onnx_export.staged(output) as final, onnx_export.scratch(output, "-fp32") as fp32_path:
         target = final if precision is Precision.FP32 else fp32_path
         with step(f"Exporting to ONNX opset {opset} and checking against torch"):
@@ -308,12 +327,45 @@ def export_checkpoint(
             timings["fp32"] = onnx_export.time_session(
                 verified.session, verified.clips[0], runs=timing_runs, warm_up=False
             )
+        clips = None
+        if calibration is not None:
+            with step(f"Sampling {calibration_clips} calibration clips from {calibration}"):
+                clips = sample_clips(
+                    calibration,
+                    count=calibration_clips,
+                    num_frames=frames,
+                    image_size=size,
+                    clip_seconds=span,
+                    progress=lambda done, total: progress("sampling clips", done, total),
+                )
         if precision is not Precision.FP32:
-            with step(f"Converting to {precision.value} and comparing with torch"):
+            how = "static, calibrating" if clips is not None else precision.value
+            with step(f"Converting to {how} and comparing with torch"):
                 variant_parity, contract, session = onnx_export.write_variant(
-                    precision, verified, final, metadata=metadata
+                    precision,
+                    verified,
+                    final,
+                    metadata=metadata,
+                    calibration=clips,
+                    progress=lambda done, total: progress("calibrating", done, total),
                 )
             parity.append(variant_parity)
+            if clips is not None:
+                with step("Comparing int8 with fp32 on the calibration clips"):
+                    agreement = onnx_export.measure_agreement(
+                        "int8",
+                        verified.session,
+                        session,
+                        clips,
+                        progress=lambda done, total: progress("int8 vs fp32", done, total),
+                    )
+                if agreement.share < onnx_export.AGREEMENT_WARN_BELOW:
+                    warn(
+                        f"int8 picks fp32's top-1 class on only {agreement.agreeing} of "
+                        f"{agreement.clips} calibration clips ({agreement.share:.1%}, below "
+                        f"{onnx_export.AGREEMENT_WARN_BELOW:.0%}): check the clips are like what "
+                        "the model will see, or use the fp32 model"
+                    )
             with step(f"Timing ONNX Runtime (CPU, {precision.value})"):
                 timings[precision.value] = onnx_export.time_session(
                     session, verified.clips[0], runs=timing_runs, warm_up=False
@@ -351,5 +403,6 @@ def export_checkpoint(
         ms_per_clip=timings,
         seconds=time.perf_counter() - started,
         triton_dir=triton_dir,
+        agreement=agreement,
         warnings=tuple(notes),
     )

@@ -15,3 +15,7 @@ class ExportError(OutputError):
 
 class ParityError(ExportError):
     """ONNX Runtime and torch disagree on the exported model by more than the tolerance."""
+
+
+class CalibrationError(OptionError):
+    """The --calibration folder gives no clips to calibrate int8 on."""

@@ -38,7 +38,10 @@ def render_report(report: ExportReport) -> Table:
     def row(label: str, value: str) -> None:
         table.add_row(label, Text(value))  # Text: shapes like [batch, 8, ...] are not rich markup
 
-    row("file", f"{report.output} ({_size(report.graph.size_bytes)}, {report.precision.value})")
+    precision = report.precision.value
+    if report.precision.value == "int8":
+        precision += " static" if report.agreement is not None else " dynamic"
+    row("file", f"{report.output} ({_size(report.graph.size_bytes)}, {precision})")
     row(
         "from",
         f"{report.checkpoint} ({report.kind}): TimeSformer {attention}, embed {arch['embed_dim']}, "
@@ -61,6 +64,12 @@ def render_report(report: ExportReport) -> Table:
     )
     for p in report.parity:
         row(f"ORT vs torch {p.precision}", _parity(p))
+    if report.agreement is not None:
+        a = report.agreement
+        row(
+            f"{a.precision} vs fp32",
+            f"top-1 agrees on {a.agreeing}/{a.clips} calibration clips ({a.share:.1%})",
+        )
     timing = ", ".join(f"{k} {v:.1f}" for k, v in report.ms_per_clip.items())
     row("ORT CPU ms/clip", f"{timing} (batch 1, median, this machine)")
     if report.triton_dir is not None:
