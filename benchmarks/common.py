@@ -82,6 +82,14 @@ class Profile:
     serve_size: tuple[int, int] = (1280, 720)
     # (12) the long soak: seconds (20 minutes in the full run)
     longrun_seconds: float = 240.0
+    # (13) CPU efficiency: random-weight models, calibration and comparison clips, rounds
+    efficiency_random: tuple[tuple[str, int], ...] = (("tiny", 112), ("base", 224))
+    efficiency_calibration: int = 16
+    efficiency_compare: int = 200  # clips of the demo video (demo and synth-trained models)
+    efficiency_compare_random: int = 40  # smooth clips for base 8x224 (2.5 s each, all three)
+    efficiency_rounds: int = 5
+    efficiency_batch_runs: int = 3
+    efficiency_peak_shapes: int = 3
 
 
 QUICK = Profile(
@@ -137,6 +145,12 @@ SMOKE = Profile(
     multistream_counts=(1, 2),
     multistream_seconds=2.0,
     longrun_seconds=20.0,
+    efficiency_random=(("tiny", 32),),
+    efficiency_calibration=3,
+    efficiency_compare_random=4,
+    efficiency_rounds=2,
+    efficiency_batch_runs=1,
+    efficiency_peak_shapes=1,
     serve_costs_ms=(2.0,),
     serve_size=(320, 240),
 )
@@ -239,6 +253,7 @@ class SectionResult:
     error: str | None = None
     load: tuple[float, float] | None = None  # 1-minute load average before and after
     others: float | None = None  # share of the machine's CPU that other processes used meanwhile
+    run: str | None = None  # which run measured it, when RESULTS.md mixes runs (--only)
 
 
 # -- the run's context ------------------------------------------------------------------------------
@@ -413,15 +428,15 @@ def machine_info() -> dict[str, Any]:
 
 
 def cpu_session(path: Path | str, threads: int = 0):
-    """A CPU session with epic-stream's own options (stream/runtime.py): ``threads`` intra-op
-    threads (0: one per core) and no spinning, so the figures are what the pipeline gets."""
+    """A CPU session with epic-stream's own options (``stream.runtime.session_options``), so the
+    figures are what the pipeline gets."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    from stream.runtime import session_options
+
+    return ort.InferenceSession(
+        str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
 
 # -- epic-stream as a user runs it ------------------------------------------------------------------

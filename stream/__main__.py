@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         type=Path,
         metavar="DIR",
-        help="where TensorRT engines are cached, one folder per model; the first start on a GPU "
-        "builds one, which takes minutes (default: $XDG_CACHE_HOME or ~/.cache, "
+        help="where TensorRT engines (one folder per model; the first start on a GPU builds "
+        "one, which takes minutes) and measured batch costs are cached (default: "
+        "$XDG_CACHE_HOME or ~/.cache, "
         "then epic-stream/tensorrt)",
     )
     parser.add_argument(
@@ -226,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch",
         type=int,
         metavar="N",
-        help="the most clips in one model run (default: the number of streams)",
+        help="the most clips in one model run (default: of the sizes up to the number of "
+        "streams, the one the model runs cheapest per clip on this device, measured at the first "
+        "start and cached)",
     )
     batching.add_argument(
         "--batch-wait-ms",

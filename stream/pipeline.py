@@ -41,7 +41,16 @@ from stream.events import check_writable as check_events_path
 from stream.naming import NamedSource, name_sources
 from stream.outputs import check_outputs, record_paths
 from stream.recorder import VideoRecorder, check_record_path
-from stream.runtime import Device, Runner, create_session
+from stream.runtime import (
+    Device,
+    Runner,
+    batch_candidates,
+    create_session,
+    default_cache_dir,
+    load_batch_costs,
+    measure_batch_costs,
+    save_batch_costs,
+)
 from stream.scheduler import DEFAULT_BATCH_WAIT_MS, InferenceScheduler
 from stream.signals import Interrupted, SignalGuard, Stopper
 from stream.sinks import EventsSink, RecorderSink
@@ -268,6 +277,8 @@ class StreamPipeline:
                 f"the model takes one clip at a time (its batch is fixed at {contract.max_batch}): "
                 f"running batches of {max_batch}"
             )
+        if opts.batch is None and max_batch > 1:
+            max_batch = self._cheapest_batch(session, contract, provider, max_batch)
         runner = Runner(session, contract, provider, max_batch=max_batch)
         clip = (
             "consecutive frames"
@@ -282,6 +293,30 @@ class StreamPipeline:
             + batching
         )
         return runner, contract
+
+    def _cheapest_batch(self, session, contract, provider: str, limit: int) -> int:
+        """The batch size, up to ``limit``, that costs least per clip on this provider.
+
+        On a GPU bigger batches nearly always pay; on a CPU it depends on the model and the
+        cores (a batch can cost more per clip than one clip alone), so it is measured: a few
+        seconds at the first start, then read from the cache.
+        """
+        opts = self.options
+        cache = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+        model = Path(opts.model)
+        costs = load_batch_costs(cache, model, provider, opts.threads)
+        if costs is None or costs.limit < limit:
+            costs = measure_batch_costs(
+                Runner(session, contract, provider, max_batch=limit), batch_candidates(limit)
+            )
+            save_batch_costs(cache, model, costs, opts.threads)
+        costs = costs.up_to(limit)
+        chosen = costs.cheapest()
+        self.say(
+            f"batch cost on {provider}{' (cached)' if costs.cached else ''}: {costs.describe()}; "
+            f"the cheapest per clip is {chosen}"
+        )
+        return chosen
 
     def _open_sources(self) -> None:
         opts = self.options

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -85,14 +86,21 @@ def _provider_entry(device: Device, engines: Path):
     return name
 
 
-def _session_options(threads: int):
+def session_options(threads: int = 0):
+    """epic-stream's ONNX Runtime session options: ``threads`` intra-op threads (0: one per core).
+
+    Spinning stays on while a run is in progress and stops the moment it returns. A model is
+    hundreds of small operators between its GEMMs, and waking a sleeping thread for each one cost
+    10-20% of a TimeSformer run on two cores (benchmarks section 13); but threads left spinning
+    between runs would burn the cores that decoding and encoding need while the worker waits for
+    frames, which ``force_spinning_stop`` prevents.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))
-    # Idle intra-op threads spin by default, burning the cores that decoding and encoding need
-    # while the worker waits for frames.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3
     return options
 
@@ -108,7 +116,7 @@ def _open(path: Path, device: Device, threads: int, engines: Path):
         providers.append(PROVIDERS[Device.CPU])
     # enable_fallback=0: fail instead of quietly retrying on the CPU, and print nothing.
     return ort.InferenceSession(
-        str(path), sess_options=_session_options(threads), providers=providers, enable_fallback=0
+        str(path), sess_options=session_options(threads), providers=providers, enable_fallback=0
     )
 
 
@@ -281,3 +289,118 @@ class Runner:
         start = time.perf_counter()
         scores = self.run(n)
         return scores, (time.perf_counter() - start) * 1000.0
+
+
+# -- the batch size that pays ------------------------------------------------------------------------
+
+# Within this share of the cheapest per-clip cost, a smaller batch wins: it waits for fewer
+# streams and answers sooner, for a throughput difference the noise of one start cannot tell.
+BATCH_TOLERANCE = 0.05
+BATCH_BUDGET_S = 3.0  # measuring at a start may take about this long; cached afterwards
+_COSTS_FILE = "batch-costs.json"
+_COSTS_KEPT = 64
+
+
+@dataclass(frozen=True)
+class BatchCosts:
+    """Median milliseconds per clip at each batch size measured, on one provider."""
+
+    provider: str
+    ms_per_clip: dict[int, float]
+    limit: int  # the largest batch asked for (a slow model may have fewer sizes measured)
+    cached: bool = False
+
+    def up_to(self, limit: int) -> BatchCosts:
+        kept = {b: ms for b, ms in self.ms_per_clip.items() if b <= limit}
+        return BatchCosts(self.provider, kept, min(limit, self.limit), self.cached)
+
+    def cheapest(self, tolerance: float = BATCH_TOLERANCE) -> int:
+        """The smallest batch within ``tolerance`` of the lowest cost per clip."""
+        best = min(self.ms_per_clip.values())
+        return min(b for b, ms in self.ms_per_clip.items() if ms <= best * (1.0 + tolerance))
+
+    def describe(self) -> str:
+        sizes = sorted(self.ms_per_clip)
+        return (
+            f"{'/'.join(map(str, sizes))} clips: "
+            f"{'/'.join(f'{self.ms_per_clip[b]:.3g}' for b in sizes)} ms per clip"
+        )
+
+
+def batch_candidates(limit: int) -> tuple[int, ...]:
+    """Batch sizes worth measuring up to ``limit``: the powers of two, and ``limit`` itself."""
+    sizes = {1, limit}
+    size = 2
+    while size < limit:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+def measure_batch_costs(
+    runner: Runner, sizes: tuple[int, ...], *, runs: int = 3, budget_s: float = BATCH_BUDGET_S
+) -> BatchCosts:
+    """Time ``runner`` at each size (smallest first; a new size first runs once untimed, for its
+    allocations). A size whose first run shows it cannot be timed within what is left of
+    ``budget_s`` is not measured, nor any larger one: a slow model keeps the batches measured."""
+    costs: dict[int, float] = {}
+    spent_ms = 0.0
+    for size in sizes:
+        if size > runner.max_batch:
+            break
+        _, first_ms = runner.timed_run(size)
+        spent_ms += first_ms
+        if costs and spent_ms + runs * first_ms > budget_s * 1000.0:
+            break
+        times = [runner.timed_run(size)[1] for _ in range(runs)]
+        spent_ms += sum(times)
+        costs[size] = float(np.median(times)) / size
+    return BatchCosts(runner.provider, costs, max(sizes))
+
+
+def _costs_key(model: Path, provider: str, threads: int) -> str:
+    stat = model.stat()
+    return (
+        f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}|{provider}|threads={threads}"
+        f"|cpus={os.cpu_count()}"
+    )
+
+
+def load_batch_costs(cache_dir: Path, model: Path, provider: str, threads: int):
+    """The costs measured at an earlier start of this model file on this provider, or None."""
+    import json
+
+    try:
+        stored = json.loads((cache_dir / _COSTS_FILE).read_text(encoding="utf-8"))
+        entry = stored[_costs_key(model, provider, threads)]
+        ms = {int(b): float(v) for b, v in entry["ms_per_clip"].items()}
+        return BatchCosts(provider, ms, int(entry["limit"]), cached=True) if ms else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def save_batch_costs(cache_dir: Path, model: Path, costs: BatchCosts, threads: int) -> None:
+    """Remember ``costs`` for the next start; a cache that cannot be written only costs time."""
+    import json
+
+    path = cache_dir / _COSTS_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        if not isinstance(stored, dict):
+            stored = {}
+    except (OSError, ValueError):
+        stored = {}
+    stored.pop(_costs_key(model, costs.provider, threads), None)
+    stored[_costs_key(model, costs.provider, threads)] = {
+        "limit": costs.limit,
+        "ms_per_clip": {str(b): ms for b, ms in costs.ms_per_clip.items()},
+    }
+    while len(stored) > _COSTS_KEPT:  # oldest first: dicts keep insertion order
+        stored.pop(next(iter(stored)))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stored, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.info("could not cache batch costs in %s: %s", path, exc)
