@@ -89,18 +89,17 @@ def _provider_entry(device: Device, engines: Path):
 def session_options(threads: int = 0):
     """epic-stream's ONNX Runtime session options: ``threads`` intra-op threads (0: one per core).
 
-    Spinning stays on while a run is in progress and stops the moment it returns. A model is
-    hundreds of small operators between its GEMMs, and waking a sleeping thread for each one cost
-    10-20% of a TimeSformer run on two cores (benchmarks section 13); but threads left spinning
-    between runs would burn the cores that decoding and encoding need while the worker waits for
-    frames, which ``force_spinning_stop`` prevents.
+    Idle intra-op threads spin by default, burning the cores that decoding and encoding need
+    while the worker waits for frames. Spinning only while a run is in progress
+    (``force_spinning_stop``) was measured too (benchmarks section 13): on this project's 2-core
+    VM it was no faster for small models and up to 13% slower for TimeSformer-base, whose
+    spinning thread the hypervisor parks, so no spinning at all it stays.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
 
