@@ -46,8 +46,9 @@ demo-model: install
 	$(PY) -c "from stream.contract import load_contract; print(load_contract('stream/models/demo.onnx'))"
 
 # Not part of `make test`. Quick by default (at most 20 minutes on 2 cores); FULL=1 runs everything.
+# ONLY="efficiency inference" reruns those sections and keeps the others' figures in RESULTS.md.
 bench: install
-	$(PY) -m benchmarks.run $(if $(FULL),--full,)
+	$(PY) -m benchmarks.run $(if $(FULL),--full,) $(if $(ONLY),--only $(ONLY),)
 
 clean:
 	rm -rf runs demo_out* demo_events.jsonl demo_multi .pytest_cache

@@ -26,6 +26,7 @@ from rich.progress import (
 
 from benchmarks import (
     decode,
+    efficiency,
     gpu,
     inference,
     latency,
@@ -63,6 +64,7 @@ SECTIONS = {
     "recording": recording,
     "triton": triton,
     "serve": serve,
+    "efficiency": efficiency,
 }
 
 
@@ -120,6 +122,22 @@ def run_section(bench: Bench, key: str) -> SectionResult:
     return result
 
 
+_previous: dict[Path, list[SectionResult]] = {}
+
+
+def merged(out: Path, results: list[SectionResult]) -> list[SectionResult]:
+    """``results``, and the sections of the run before in ``out`` that this run did not measure
+    (``--only``), each in its place in the section order and marked with the run it came from."""
+    if out not in _previous:
+        _previous[out] = report.previous_sections(out)
+    done = {r.key for r in results}
+    kept = [s for s in _previous[out] if s.key not in done and s.key in SECTIONS]
+    if not kept:
+        return results
+    order = list(SECTIONS)
+    return sorted([*kept, *results], key=lambda s: order.index(s.key))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     profile = PROFILES["full" if args.full else "smoke" if args.smoke else "quick"]
@@ -144,15 +162,23 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for key in keys:
                 result = run_section(bench, key)
+                if args.only:
+                    when = time.strftime("%Y-%m-%d %H:%M %Z")
+                    result.run = (
+                        f"`python -m benchmarks.run{' --full' if args.full else ''} --only "
+                        f"{' '.join(args.only)}` ({profile.name} mode) on {when}"
+                    )
                 results.append(result)
                 status = "[red]failed[/red]" if result.error else "done"
                 progress.console.log(f"{result.title}: {status} in {result.seconds:.0f} s")
                 progress.advance(overall)
                 # Written after every section, so an interrupted run keeps what it measured.
-                report.write(out, profile, machine, results, time.perf_counter() - started)
+                report.write(
+                    out, profile, machine, merged(out, results), time.perf_counter() - started
+                )
         finally:
             bench.close()
-    path = report.write(out, profile, machine, results, time.perf_counter() - started)
+    path = report.write(out, profile, machine, merged(out, results), time.perf_counter() - started)
     failed = [r.title for r in results if r.error]
     missed = [
         f"{r.title.split(':')[0]}: {t.name}" for r in results for t in r.targets if t.met is False
