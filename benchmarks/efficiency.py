@@ -39,7 +39,7 @@ from benchmarks.common import (
     save_figure,
 )
 from benchmarks.footage import structured_clips
-from benchmarks.models import MEAN, STD, TimeSformerSpec, build_network, class_names
+from benchmarks.models import TimeSformerSpec, build_network, export_spec
 
 TITLE = "13. CPU efficiency: the GEMM peak, int8 that keeps the answers, batches that pay"
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
@@ -287,29 +287,20 @@ def sharpened_base(bench: Bench, spec: TimeSformerSpec) -> Path:
     first, which leaves identical weights the exporter shares) and the head scaled up."""
     import torch
 
-    from export.onnx import export_onnx
     from train.model import _init_module
 
     path = bench.cache / "efficiency" / f"{spec.key()}-sharpened.onnx"
     if path.exists():
         return path
+    for stale in path.parent.glob(f"{spec.preset}-{spec.num_frames}x{spec.image_size}-*"):
+        stale.unlink(missing_ok=True)  # files of older code (base is 0.5 GB each)
     network = build_network(spec)
     with torch.no_grad():
         for block in network.blocks:
             _init_module(block.temporal_fc)
         network.head.weight.mul_(HEAD_SHARPEN)
-    export_onnx(
-        network,
-        path,
-        class_names=class_names(spec.num_classes),
-        num_frames=spec.num_frames,
-        image_size=spec.image_size,
-        clip_seconds=spec.clip_seconds,
-        mean=MEAN,
-        std=STD,
-        description=f"benchmark: random TimeSformer {spec.label}, head x{HEAD_SHARPEN:g}",
-    )
-    return path
+    description = f"benchmark: random TimeSformer {spec.label}, head x{HEAD_SHARPEN:g}"
+    return export_spec(network, spec, path, description)
 
 
 def subjects(bench: Bench, advance) -> list[Subject]:

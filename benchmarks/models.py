@@ -224,9 +224,27 @@ class ExportedModel:
     export_s: float  # 0 when both came from the cache
 
 
+def export_spec(network, spec: TimeSformerSpec, path: Path, description: str) -> Path:
+    """``network`` as a contract file at ``path``, via the project's own ``export_onnx``."""
+    from export.onnx import DEFAULT_OPSET, export_onnx
+
+    return export_onnx(
+        network,
+        path,
+        class_names=class_names(spec.num_classes),
+        num_frames=spec.num_frames,
+        image_size=spec.image_size,
+        clip_seconds=spec.clip_seconds,
+        mean=MEAN,
+        std=STD,
+        opset=DEFAULT_OPSET,
+        description=description,
+    )
+
+
 def export_timesformer(spec: TimeSformerSpec, cache: Path, network=None) -> ExportedModel:
     """fp32 (via ``export_onnx``, parity-checked) and int8 (``quantize_int8``) files, cached."""
-    from export.onnx import DEFAULT_OPSET, export_onnx, quantize_int8
+    from export.onnx import quantize_int8
 
     folder = Path(cache) / "models"
     folder.mkdir(parents=True, exist_ok=True)
@@ -240,18 +258,7 @@ def export_timesformer(spec: TimeSformerSpec, cache: Path, network=None) -> Expo
             if not stale.name.startswith(key):
                 stale.unlink(missing_ok=True)
         network = network if network is not None else build_network(spec)
-        export_onnx(
-            network,
-            fp32,
-            class_names=class_names(spec.num_classes),
-            num_frames=spec.num_frames,
-            image_size=spec.image_size,
-            clip_seconds=spec.clip_seconds,
-            mean=MEAN,
-            std=STD,
-            opset=DEFAULT_OPSET,
-            description=f"benchmark: random-weight TimeSformer {spec.label}",
-        )
+        export_spec(network, spec, fp32, f"benchmark: random-weight TimeSformer {spec.label}")
     if not int8.exists():
         scratch = int8.with_name(f".{int8.name}.tmp")
         quantize_int8(fp32, scratch)
