@@ -197,15 +197,10 @@ class Peak:
 
 
 def _clips_from_video(video: Path, count: int, contract, seed: int) -> np.ndarray:
-    from export.calibration import sample_clips
+    from export.calibration import sample_clips, source_of
 
-    folder = video.parent / f"{video.stem}-only"
-    folder.mkdir(exist_ok=True)
-    link = folder / video.name
-    if not link.exists():
-        link.symlink_to(video)
     return sample_clips(
-        folder,
+        [source_of(video)],
         count=count,
         num_frames=contract.num_frames,
         image_size=contract.image_size,

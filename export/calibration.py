@@ -9,7 +9,7 @@ quantizer measures are the ones it will meet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,23 @@ class CalibrationSource:
         return [read_image(self.images[int(i)], str(self.path)) for i in indices]
 
 
+def source_of(path: Path) -> CalibrationSource | None:
+    """``path`` as a source: a video, or a folder holding frame images; else None."""
+    try:
+        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            count, fps = probe_video(path, FRAME_FOLDER_FPS)
+            return CalibrationSource(path, count, fps)
+        if path.is_dir():
+            images = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if images:
+                return CalibrationSource(path, len(images), FRAME_FOLDER_FPS, tuple(images))
+    except DataError as exc:
+        raise CalibrationError(f"--calibration: {exc}") from None
+    return None
+
+
 def find_sources(folder: str | Path) -> list[CalibrationSource]:
     """Every video and frame folder under ``folder``, sorted by path."""
     root = Path(folder)
@@ -55,24 +72,8 @@ def find_sources(folder: str | Path) -> list[CalibrationSource]:
             f"--calibration {root}: no such folder; give a folder of videos or frame folders "
             "like the ones the model will see"
         )
-    sources: list[CalibrationSource] = []
-    for path in sorted([root, *root.rglob("*")]):
-        if path.name.startswith("."):
-            continue
-        try:
-            if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-                count, fps = probe_video(path, FRAME_FOLDER_FPS)
-                sources.append(CalibrationSource(path, count, fps))
-            elif path.is_dir():
-                images = sorted(
-                    p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                )
-                if images:
-                    sources.append(
-                        CalibrationSource(path, len(images), FRAME_FOLDER_FPS, tuple(images))
-                    )
-        except DataError as exc:
-            raise CalibrationError(f"--calibration: {exc}") from None
+    found = (source_of(p) for p in sorted([root, *root.rglob("*")]) if not p.name.startswith("."))
+    sources = [s for s in found if s is not None]
     if not sources:
         raise CalibrationError(
             f"--calibration {root} holds no videos ({', '.join(VIDEO_SUFFIXES)}) and no folders "
@@ -82,7 +83,7 @@ def find_sources(folder: str | Path) -> list[CalibrationSource]:
 
 
 def sample_clips(
-    folder: str | Path,
+    sources: Sequence[CalibrationSource],
     *,
     count: int,
     num_frames: int,
@@ -91,7 +92,7 @@ def sample_clips(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """``count`` uint8 BGR clips [count, T, S, S, 3] from the footage under ``folder``.
+    """``count`` uint8 BGR clips [count, T, S, S, 3] from ``sources`` (:func:`find_sources`).
 
     Clips are shared out over the sources in proportion to their length (each gets at least one
     while there are clips to give), and placed at random inside each source with a fixed seed,
@@ -99,7 +100,6 @@ def sample_clips(
     """
     if count < 1:
         raise CalibrationError(f"--calibration-clips must be at least 1, got {count}")
-    sources = find_sources(folder)
     rng = np.random.default_rng(seed)
     lengths = np.array([s.frames for s in sources], dtype=np.float64)
     order = np.argsort(-lengths, kind="stable")

@@ -192,14 +192,16 @@ def export_checkpoint(
         raise OptionError(
             f"--check-clips must be at least 3 (batch 1, then batch 2), got {check_clips}"
         )
-    if calibration is not None and precision is not Precision.INT8:
-        raise OptionError(
-            "--calibration sets the ranges of static int8; add --int8 (or leave --calibration out)"
-        )
+    footage = None  # the calibration videos and frame folders
     if calibration is not None:
+        if precision is not Precision.INT8:
+            raise OptionError(
+                "--calibration sets the ranges of static int8; add --int8 (or leave "
+                "--calibration out)"
+            )
         if calibration_clips < 1:
             raise OptionError(f"--calibration-clips must be at least 1, got {calibration_clips}")
-        find_sources(calibration)  # a wrong folder fails now, not after the export
+        footage = find_sources(calibration)  # a wrong folder fails now, not after the export
     if timing_runs < 1:
         raise OptionError(f"--timing-runs must be at least 1, got {timing_runs}")
     if triton_max_batch_size < 1:
@@ -328,10 +330,10 @@ def export_checkpoint(
                 verified.session, verified.clips[0], runs=timing_runs, warm_up=False
             )
         clips = None
-        if calibration is not None:
+        if footage is not None:
             with step(f"Sampling {calibration_clips} calibration clips from {calibration}"):
                 clips = sample_clips(
-                    calibration,
+                    footage,
                     count=calibration_clips,
                     num_frames=frames,
                     image_size=size,

@@ -55,14 +55,23 @@ def test_sources_are_every_video_and_frame_folder_at_any_depth(footage):
 
 
 def test_clips_span_the_models_clip_seconds_through_the_stream_preprocessing(footage):
-    clips = sample_clips(footage, count=6, num_frames=4, image_size=32, clip_seconds=0.5, seed=3)
+    clips = sample_clips(
+        find_sources(footage), count=6, num_frames=4, image_size=32, clip_seconds=0.5, seed=3
+    )
     assert clips.shape == (6, 4, 32, 32, 3) and clips.dtype == np.uint8
-    again = sample_clips(footage, count=6, num_frames=4, image_size=32, clip_seconds=0.5, seed=3)
+    again = sample_clips(
+        find_sources(footage), count=6, num_frames=4, image_size=32, clip_seconds=0.5, seed=3
+    )
     assert np.array_equal(clips, again)  # a folder always gives the same clips
     # The frame folder (PNG: exact levels) rises 10 grey levels a frame at the assumed 30 fps:
     # 0.5 s is 15 frames, 150 levels from the clip's first frame to its last.
     frames_only = sample_clips(
-        footage / "more", count=4, num_frames=4, image_size=32, clip_seconds=0.5, seed=1
+        find_sources(footage / "more"),
+        count=4,
+        num_frames=4,
+        image_size=32,
+        clip_seconds=0.5,
+        seed=1,
     )
     for clip in frames_only:
         levels = clip[:, 16, 16, 0].astype(int)
