@@ -17,6 +17,7 @@ preallocated host array, so a run allocates nothing and copies only what must cr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -370,8 +371,6 @@ def _costs_key(model: Path, provider: str, threads: int) -> str:
 
 def load_batch_costs(cache_dir: Path, model: Path, provider: str, threads: int):
     """The costs measured at an earlier start of this model file on this provider, or None."""
-    import json
-
     try:
         stored = json.loads((cache_dir / _COSTS_FILE).read_text(encoding="utf-8"))
         entry = stored[_costs_key(model, provider, threads)]
@@ -383,8 +382,6 @@ def load_batch_costs(cache_dir: Path, model: Path, provider: str, threads: int):
 
 def save_batch_costs(cache_dir: Path, model: Path, costs: BatchCosts, threads: int) -> None:
     """Remember ``costs`` for the next start; a cache that cannot be written only costs time."""
-    import json
-
     path = cache_dir / _COSTS_FILE
     try:
         stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
