@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from data_miniature import TRAIN_COLUMNS_A, VAL_COLUMNS_A
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
 from stream.errors import EpicError
@@ -22,41 +23,6 @@ from train.cli import EpicTrainCLI, main
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["open bag", "take bag", "put bag"]
 TINTS = [(90, 0, 0), (0, 90, 0), (0, 0, 90)]  # BGR: a learnable, single-frame cue is fine here
-TRAIN_COLUMNS = [
-    "uid",
-    "participant_id",
-    "video_id",
-    "narration",
-    "start_timestamp",
-    "stop_timestamp",
-    "start_frame",
-    "stop_frame",
-    "verb",
-    "verb_class",
-    "noun",
-    "noun_class",
-    "all_nouns",
-    "all_noun_classes",
-    "action_class",
-]
-VAL_COLUMNS = [
-    "narration_id",
-    "participant_id",
-    "video_id",
-    "narration_timestamp",
-    "start_timestamp",
-    "stop_timestamp",
-    "start_frame",
-    "stop_frame",
-    "narration",
-    "verb",
-    "verb_class",
-    "noun",
-    "noun_class",
-    "all_nouns",
-    "all_noun_classes",
-    "action_class",
-]
 STEPS_PER_EPOCH = 3  # 2 train videos x 3 segments, batch size 2
 
 
@@ -65,7 +31,7 @@ def write_layout_a(root: Path) -> Path:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
     (root / "class_names.json").write_text(json.dumps({c: i for i, c in enumerate(CLASSES)}))
-    for split, videos, columns in (("train", 2, TRAIN_COLUMNS), ("val", 1, VAL_COLUMNS)):
+    for split, videos, columns in (("train", 2, TRAIN_COLUMNS_A), ("val", 1, VAL_COLUMNS_A)):
         rows = []
         for v in range(videos):
             participant = f"P{v + 1:02d}"
