@@ -9,6 +9,9 @@ share of the peak compares two things measured seconds apart on a machine whose 
   then 2·M·K·N for every MatMul and Gemm, and the patch Conv); an int8 model does the same work.
 * **int8**: dynamic (``epic-export --int8``) and static, calibrated on clips like the ones served
   (``--int8 --calibration DIR``), both per-channel, through ``export.onnx.quantize_int8``.
+* **Where the time goes**: ONNX Runtime's profiler splits the biggest model's run by kind of
+  kernel (weight GEMMs, attention's own MatMuls and softmax, GELU, LayerNorm, adds, moving data),
+  which says how far the rest of the graph keeps fp32 from the peak its GEMMs nearly reach.
 * **Agreement**: how often int8 picks fp32's top-1 class, on clips it was not calibrated on: the
   committed demo model on the demo video, a model trained here on the synthetic set, and base 8x224
   with random weights and a sharpened head on smooth clips (real footage and moving shapes), the
@@ -358,6 +361,119 @@ def quantize(subject: Subject, folder: Path) -> None:
         subject.files[precision] = path
 
 
+# -- where the time goes ---------------------------------------------------------------------------
+
+# ONNX Runtime's kernels grouped by what they do in a video transformer. A GEMM whose second input
+# is a weight (prepacked, so the profiler lists only the activation) is a weight GEMM; a MatMul
+# between two activations is attention's own arithmetic.
+GEMM_OPS = {
+    "MatMul",
+    "FusedMatMul",
+    "Gemm",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QLinearMatMul",
+}
+WEIGHT_GEMMS = "weight GEMMs"
+BETWEEN = "between kernels"
+KINDS: dict[str, set[str]] = {
+    WEIGHT_GEMMS: set(),
+    "attention scores, softmax, weighted sum": {"Softmax", "Attention", "MultiHeadAttention"},
+    "GELU": {"Gelu", "BiasGelu", "FastGelu", "Erf"},
+    "LayerNorm": {"LayerNormalization", "SkipLayerNormalization"},
+    "bias and residual adds, scales": {"Add", "Sub", "Mul", "Div", "Sqrt"},
+    "moving data (transpose, split, slice, concat, reshape)": {
+        "Transpose",
+        "Split",
+        "Slice",
+        "Concat",
+        "Reshape",
+        "Expand",
+        "Gather",
+        "Squeeze",
+        "Unsqueeze",
+        "Shape",
+        "Identity",
+        "Cast",
+        "Where",
+        "Equal",
+        "ReorderOutput",
+    },
+    "quantizing activations": {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"},
+    "patch embedding (Conv)": {"Conv"},
+    "other kernels": set(),
+    BETWEEN: set(),
+}
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """One model's batch-1 run split by kind of kernel, from ONNX Runtime's profiler."""
+
+    run_ms: float  # the profiled model_run, mean over the runs
+    kinds: dict[str, float]  # ms per run by KINDS key; BETWEEN is run minus every kernel
+    gemm_gflop: float  # the weight GEMMs' work per run
+
+    @property
+    def gemm_rate(self) -> float:
+        """GFLOP/s of the weight GEMMs inside the model."""
+        return self.gemm_gflop / (self.kinds[WEIGHT_GEMMS] / 1000.0)
+
+
+def kind_of(op: str, inputs: list[list[int]]) -> str:
+    if op in GEMM_OPS:
+        # Attention multiplies two batched activations; a weight is 2-D, or missing from the
+        # profile's inputs once ORT has prepacked it (then scales and biases follow the input).
+        batched = len(inputs) >= 2 and len(inputs[0]) >= 3 and len(inputs[1]) >= 3
+        return "attention scores, softmax, weighted sum" if batched else WEIGHT_GEMMS
+    return next((k for k, ops in KINDS.items() if op in ops), "other kernels")
+
+
+def split_trace(events: list[dict], runs: int) -> TimeSplit:
+    """Sum a profiler trace's kernels by kind over its last ``runs`` model runs."""
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run"]
+    spans = spans[-runs:]
+    kinds = dict.fromkeys(KINDS, 0.0)
+    gflop = 0.0
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        if not any(start <= e["ts"] <= end for start, end in spans):
+            continue
+        args = e["args"]
+        inputs = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+        kind = kind_of(args["op_name"], inputs)
+        kinds[kind] += e["dur"] / 1000.0
+        if kind == WEIGHT_GEMMS:
+            out = next(iter(args["output_type_shape"][0].values()))
+            gflop += 2.0 * inputs[0][-1] * float(np.prod(out)) / 1e9
+    run_ms = sum(end - start for start, end in spans) / 1000.0
+    kinds[BETWEEN] = run_ms - sum(kinds.values())
+    n = len(spans)
+    return TimeSplit(run_ms / n, {k: v / n for k, v in kinds.items()}, gflop / n)
+
+
+def profile_split(path: Path, clip: np.ndarray, runs: int = 3) -> TimeSplit:
+    """Profile ``runs`` batch-1 runs of ``path`` with epic-stream's session options."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from stream.runtime import session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(0)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):  # the first run allocates
+            session.run(["scores"], {"frames": clip})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return split_trace(events, runs)
+
+
 # -- measuring ---------------------------------------------------------------------------------------
 
 
@@ -421,7 +537,7 @@ def agreement(subject: Subject, sessions: dict, advance) -> dict:
 def run(bench: Bench) -> SectionResult:
     p = bench.profile
     result = SectionResult("efficiency", TITLE)
-    total = 3 + p.efficiency_rounds + len(BATCHES) * 2 + 3
+    total = 3 + p.efficiency_rounds + 1 + len(BATCHES) * 2 + 3
     with bench.task(TITLE, total) as advance:
         subs = subjects(bench, advance)
         for subject in subs:
@@ -453,13 +569,20 @@ def run(bench: Bench) -> SectionResult:
                     shares[s.label][precision].append(s.gflop / (ms / 1000.0) / now["fp32"])
             advance(1, f"batch 1, round {r + 1}/{p.efficiency_rounds}")
 
-        # 2. Agreement on clips the static model was not calibrated on.
+        # 2. Where the biggest model's time goes, by kind of kernel, from ORT's profiler.
+        split = {
+            precision: profile_split(biggest.files[precision], clips[biggest.label])
+            for precision in PRECISIONS
+        }
+        advance(1, f"profiled {biggest.label}")
+
+        # 3. Agreement on clips the static model was not calibrated on.
         agree = {}
         for s in subs:
             if s.compare is not None:
                 agree[s.label] = agreement(s, sessions[s.label], advance)
 
-        # 3. Batches: ms per clip at 1, 2, 4, 8, now and with the old options, and the pick.
+        # 4. Batches: ms per clip at 1, 2, 4, 8, now and with the old options, and the pick.
         from stream.runtime import BatchCosts
 
         batches: dict[str, dict] = {}
@@ -516,6 +639,18 @@ def run(bench: Bench) -> SectionResult:
             }
             for s in subs
         },
+        "time_split": {
+            "model": biggest.label,
+            **{
+                precision: {
+                    "run_ms": t.run_ms,
+                    "gemm_gflop": t.gemm_gflop,
+                    "gemm_gflop_s": t.gemm_rate,
+                    "ms": t.kinds,
+                }
+                for precision, t in split.items()
+            },
+        },
         "agreement": agree,
         "batches": {
             k: {
@@ -529,8 +664,9 @@ def run(bench: Bench) -> SectionResult:
             for k, v in batches.items()
         },
     }
-    result.body = _markdown(p, peak, subs, times, shares, agree, batches)
-    result.targets = _targets(subs, times, shares, agree)
+    fp32_peak = Stats.of(peak.rounds["fp32"]).median
+    result.body = _markdown(p, peak, subs, times, shares, agree, batches, biggest, split)
+    result.targets = _targets(subs, times, shares, agree, _gap(biggest, split["fp32"], fp32_peak))
     for s in subs:
         fp32 = Stats.of(times[s.label]["fp32"])
         best = min(PRECISIONS[1:], key=lambda k: Stats.of(times[s.label][k]).median)
@@ -542,7 +678,7 @@ def run(bench: Bench) -> SectionResult:
                 f"({fp32.median / Stats.of(times[s.label][best]).median:.1f}x)",
             )
         )
-    result.figures.append(_plot(bench, subs, times, shares))
+    result.figures.append(_plot(bench, subs, times, shares, biggest, split))
     return result
 
 
@@ -552,7 +688,39 @@ def _speedups(times: dict, label: str, precision: str) -> Stats:
     )
 
 
-def _targets(subs, times, shares, agree) -> list[Target]:
+@dataclass(frozen=True)
+class Gap:
+    """How far one fp32 model's profiled run is from SHARE_GOAL, and where the time went."""
+
+    gemm_of_peak: float  # the weight GEMMs' rate inside the model / the median peak
+    gemm_only_share: float  # the share if nothing but the weight GEMMs took time
+    rest_ms: float  # the run minus its weight GEMMs
+    budget_ms: float  # what the rest may take for SHARE_GOAL
+    biggest: tuple[str, float]  # the costliest other kind and its ms
+
+
+def _gap(subject: Subject, split: TimeSplit, peak: float) -> Gap:
+    gemm_ms = split.kinds[WEIGHT_GEMMS]
+    rest = {k: v for k, v in split.kinds.items() if k != WEIGHT_GEMMS}
+    return Gap(
+        gemm_of_peak=split.gemm_rate / peak,
+        gemm_only_share=subject.gflop / (gemm_ms / 1000.0) / peak,
+        rest_ms=split.run_ms - gemm_ms,
+        budget_ms=subject.gflop / (SHARE_GOAL * peak) * 1000.0 - gemm_ms,
+        biggest=max(rest.items(), key=lambda kv: kv[1]),
+    )
+
+
+def _gap_text(gap: Gap) -> str:
+    return (
+        f"inside the model the weight GEMMs run at {gap.gemm_of_peak:.2f} of the peak (alone "
+        f"they would give {gap.gemm_only_share:.2f}); everything else takes {gap.rest_ms:.0f} ms "
+        f"a clip, {gap.biggest[1]:.0f} of them {gap.biggest[0].split(' (')[0]}, and would have to "
+        f"fit in {max(gap.budget_ms, 0.0):.0f}"
+    )
+
+
+def _targets(subs, times, shares, agree, gap: Gap) -> list[Target]:
     targets = []
     base = [s for s in subs if s.label.startswith("base")]
     for s in base:
@@ -563,11 +731,7 @@ def _targets(subs, times, shares, agree) -> list[Target]:
                 f">= {SHARE_GOAL:.2f}",
                 share.fmt(2),
                 share.median >= SHARE_GOAL,
-                ""
-                if share.median >= SHARE_GOAL
-                else "the weight GEMMs run at ~0.9 of the peak inside the model; the ~20% of "
-                "time in attention's small ops (softmax, transposes, splits), GELU, LayerNorm "
-                "and residual adds is what is left",
+                "" if share.median >= SHARE_GOAL else _gap_text(gap),
             )
         )
         for precision in PRECISIONS[1:]:
@@ -600,7 +764,33 @@ def _targets(subs, times, shares, agree) -> list[Target]:
     return targets
 
 
-def _markdown(p, peak, subs, times, shares, agree, batches) -> str:
+def _split_markdown(subject: Subject, split: dict[str, TimeSplit], gap: Gap) -> list[str]:
+    rows = [
+        [kind, *(f"{t.kinds[kind]:.1f} ({t.kinds[kind] / t.run_ms:.0%})" for t in split.values())]
+        for kind in KINDS
+        if any(t.kinds[kind] >= 0.05 for t in split.values())
+    ]
+    rows.append(["**the run**", *(f"**{t.run_ms:.1f}**" for t in split.values())])
+    rows.append(
+        [
+            "weight GEMMs' rate inside the model",
+            *(f"{t.gemm_rate:.0f} GFLOP/s" for t in split.values()),
+        ]
+    )
+    return [
+        "",
+        f"**Where the time goes**, {subject.label}, batch 1: ONNX Runtime's profiler over "
+        "two runs after a warm-up, epic-stream's session options, ms per clip by kind of kernel "
+        "(and its share of the run). A weight GEMM multiplies activations by a weight; attention's "
+        "MatMuls multiply two activations. *Between kernels* is the run minus every kernel.",
+        "",
+        md_table(["kind of kernel", *split], rows),
+        "",
+        f"fp32 against the median peak: {_gap_text(gap)} for {SHARE_GOAL:.2f} of the peak.",
+    ]
+
+
+def _markdown(p, peak, subs, times, shares, agree, batches, biggest, split) -> str:
     fp32_peak, int8_peak = Stats.of(peak.rounds["fp32"]), Stats.of(peak.rounds["int8"])
     shapes = ", ".join(f"{m}x{k}x{n}" for m, k, n in peak.shapes)
     rows = []
@@ -647,6 +837,7 @@ def _markdown(p, peak, subs, times, shares, agree, batches) -> str:
             ],
             rows,
         ),
+        *_split_markdown(biggest, split, _gap(biggest, split["fp32"], fp32_peak.median)),
     ]
     if agree:
         arows = [
@@ -709,8 +900,8 @@ def _markdown(p, peak, subs, times, shares, agree, batches) -> str:
     return "\n".join(text)
 
 
-def _plot(bench: Bench, subs, times, shares) -> str:
-    fig, axes = new_figure(1, 2, figsize=(12, 4.5))
+def _plot(bench: Bench, subs, times, shares, biggest, split) -> str:
+    fig, axes = new_figure(1, 3, figsize=(18, 5.5))
     labels = [s.label for s in subs]
     x = np.arange(len(labels))
     width = 0.27
@@ -724,8 +915,21 @@ def _plot(bench: Bench, subs, times, shares) -> str:
     axes[0].set_title("achieved GFLOP/s as a share of the fp32 GEMM peak")
     axes[1].set_title("ms per clip, batch 1 (log)")
     axes[1].set_yscale("log")
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xticks(x, labels, rotation=12, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
+    # Where the biggest model's time goes: one stacked bar per precision.
+    left = np.zeros(len(split))
+    longest = max(t.run_ms for t in split.values())
+    for kind in KINDS:
+        ms = np.array([t.kinds[kind] for t in split.values()])
+        if ms.max() < 0.005 * longest:  # too thin to see
+            continue
+        axes[2].barh(list(split), ms, left=left, label=kind.split(" (")[0])
+        left += ms
+    axes[2].invert_yaxis()
+    axes[2].set_title(f"{biggest.label.split(' random')[0]}: ms per clip by kind of kernel")
+    axes[2].grid(axis="x", alpha=0.3)
+    axes[2].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)
     return save_figure(bench, fig, "efficiency.png")

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from benchmarks import baseline_original, memory, original, run
+from benchmarks import baseline_original, efficiency, memory, original, run
 from benchmarks.common import SMOKE, CpuReading, Stats, Target
 from benchmarks.footage import structured_clips
 from benchmarks.models import DIAL_CLASSES, dial_proto, write_dial
@@ -104,6 +104,43 @@ def test_original_labels_are_compared_frame_by_frame():
     assert got["video_label_baseline"] == "class_2"
 
 
+def _kernel(op, start, dur, inputs, output):
+    return {
+        "cat": "Node",
+        "name": f"{op}_{start}_kernel_time",
+        "ts": start,
+        "dur": dur,
+        "args": {
+            "op_name": op,
+            "input_type_shape": [{"float": s} for s in inputs],
+            "output_type_shape": [{"float": output}],
+        },
+    }
+
+
+def test_profiler_trace_is_split_by_kind_of_kernel():
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 10_000},
+        # A prepacked weight is missing from the profile's inputs: a weight GEMM.
+        _kernel("MatMul", 100, 6_000, [[1, 8, 768]], [1, 8, 2304]),
+        _kernel("MatMul", 6_200, 1_000, [[1, 12, 8, 64], [1, 12, 64, 8]], [1, 12, 8, 8]),
+        _kernel("Transpose", 7_300, 500, [[1, 8, 12, 64]], [1, 12, 8, 64]),
+        _kernel("Frobnicate", 7_900, 100, [[1]], [1]),
+        _kernel("Transpose", 20_000, 9_999, [[1]], [1]),  # outside the profiled run
+    ]
+    split = efficiency.split_trace(events, runs=1)
+    assert split.run_ms == pytest.approx(10.0)
+    assert split.kinds[efficiency.WEIGHT_GEMMS] == pytest.approx(6.0)
+    assert split.kinds["attention scores, softmax, weighted sum"] == pytest.approx(1.0)
+    assert split.kinds["moving data (transpose, split, slice, concat, reshape)"] == pytest.approx(
+        0.5
+    )
+    assert split.kinds["other kernels"] == pytest.approx(0.1)
+    assert split.kinds[efficiency.BETWEEN] == pytest.approx(2.4)
+    assert sum(split.kinds.values()) == pytest.approx(split.run_ms)
+    assert split.gemm_gflop == pytest.approx(2 * 768 * 8 * 2304 / 1e9)
+
+
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
@@ -163,6 +200,10 @@ def test_smoke_run_measures_what_each_section_promises(smoke_report):
     assert len(sections["latency"]["data"]["models"]) == len(SMOKE.latency_costs_ms)
     assert sections["original"]["data"]["labels"]["every1"]["raw_compared"] > 0
     assert len(sections["memory"]["data"]["samples"]) >= 2
+    split = sections["efficiency"]["data"]["time_split"]
+    for precision in efficiency.PRECISIONS:
+        assert split[precision]["ms"][efficiency.WEIGHT_GEMMS] > 0
+        assert sum(split[precision]["ms"].values()) == pytest.approx(split[precision]["run_ms"])
     assert sections["gpu"]["data"]["providers"]  # every GPU provider probed, working or not
     served = sections["serve"]["data"]["runs"]
     assert len(served) == 2 * len(SMOKE.serve_costs_ms)  # 0 and 5 clients per model
