@@ -23,7 +23,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
-from timm.layers import Attention, DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import Attention as TimmAttention
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch import nn
 
 # The reference's (and the paper's) pre-norm LayerNorm.
@@ -34,6 +35,41 @@ class AttentionType(str, Enum):
     DIVIDED = "divided_space_time"
     SPACE_ONLY = "space_only"
     JOINT = "joint_space_time"
+
+
+class Attention(TimmAttention):
+    """timm's multi-head self-attention, with q, k and v projected one by one.
+
+    The parameters are timm's (one packed ``qkv`` Linear, so checkpoints load unchanged) and so is
+    the arithmetic; the exported graph is what differs. timm projects to one packed [B, N, 3*D]
+    tensor and splits it, which ONNX Runtime runs as a copy of the whole packed tensor before the
+    three per-head transposes. Three projections from slices of the same weight skip that copy.
+    Measured on TimeSformer-base 8x224, 2-core CPU: ORT's profiler put the time spent moving data
+    at 79 ms a clip instead of 100, and fp32 and int8 clips ran 4-5% faster, interleaved.
+    """
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        weights = self.qkv.weight.chunk(3)
+        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        q, k, v = (
+            rearrange(F.linear(x, w, bias), "b n (h d) -> b h n d", h=self.num_heads)
+            for w, bias in zip(weights, biases, strict=True)
+        )
+        x = F.scaled_dot_product_attention(
+            self.q_norm(q),
+            self.k_norm(k),
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            is_causal=is_causal,
+        )
+        x = self.norm(rearrange(x, "b h n d -> b n (h d)"))
+        return self.proj_drop(self.proj(x))
 
 
 class Block(nn.Module):
