@@ -744,7 +744,7 @@ def _targets(subs, times, shares, agree, gap: Gap) -> list[Target]:
                     speed.median >= SPEEDUP_GOAL,
                     ""
                     if speed.median >= SPEEDUP_GOAL
-                    else "int8 GEMMs are ~10x the fp32 rate here (AMX), so the fp32 ops "
+                    else "int8 GEMMs run many times the fp32 rate here (AMX), so the fp32 ops "
                     "between them set the pace",
                 )
             )
