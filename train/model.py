@@ -67,6 +67,7 @@ class Attention(TimmAttention):
             attn_mask=attn_mask,
             dropout_p=self.attn_drop.p if self.training else 0.0,
             is_causal=is_causal,
+            scale=self.scale,
         )
         x = self.norm(rearrange(x, "b h n d -> b n (h d)"))
         return self.proj_drop(self.proj(x))
@@ -155,7 +156,7 @@ class DividedBlock(Block):
         res_cls = reduce(res_s[:, :1], "(b t) 1 d -> b 1 d", "mean", t=t)
         res_patches = rearrange(res_s[:, 1:], "(b t) n d -> b (n t) d", t=t)
 
-        x = torch.cat((cls, patches), dim=1) + torch.cat((res_cls, res_patches), dim=1)
+        x = torch.cat((cls + res_cls, patches + res_patches), dim=1)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
