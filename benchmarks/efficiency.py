@@ -94,9 +94,12 @@ def count_gflop(path: Path) -> float:
         for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
     }
     shapes.update({i.name: list(i.dims) for i in proto.graph.initializer})
+    inits = {i.name for i in proto.graph.initializer}
     flops = 0
     for node in proto.graph.node:
         out = shapes.get(node.output[0])
+        if node.op_type in ("MatMul", "Gemm") and node.input[0] in inits:
+            continue  # a product of constants (a folded bias): ORT computes it once, at load
         if node.op_type in ("MatMul", "Gemm"):
             a = shapes.get(node.input[0])
             transposed = any(at.name == "transA" and at.i for at in node.attribute)

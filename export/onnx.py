@@ -485,13 +485,17 @@ def weight_matmuls(proto: onnx.ModelProto) -> list[str]:
 
     Attention's own products (scores = Q K^T, then scores V) have no weights to quantize ahead of
     time and lose the most when quantized (softmax is sharp); only the weight GEMMs, which are
-    nearly all of the model's FLOPs, go to int8.
+    nearly all of the model's FLOPs, go to int8. A product of two constants (the attention's value
+    bias carried through its projection) is no GEMM either: ORT folds it when it loads the model.
     """
-    inits = {i.name for i in proto.graph.initializer}
+    inits = {i.name: len(i.dims) for i in proto.graph.initializer}
     return [
         n.name
         for n in proto.graph.node
-        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits
+        if n.op_type in ("MatMul", "Gemm")
+        and len(n.input) > 1
+        and n.input[0] not in inits
+        and inits.get(n.input[1]) == 2
     ]
 
 

@@ -167,3 +167,30 @@ def test_reproduces_reference_logits(name):
     assert (logits_other - fixture["logits_other_size"]).abs().max() <= 1e-4
     # The fixture is not degenerate: the logits differ between clips.
     assert (fixture["logits"][0] - fixture["logits"][1]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("attn_drop", [0.0, 0.3])
+def test_attention_matches_timm_in_value_and_gradient(attn_drop):
+    # Ours leaves out the key bias and folds the value bias into proj's bias; timm adds both.
+    from timm.layers import Attention as TimmAttention
+
+    from train.model import Attention
+
+    torch.manual_seed(0)
+    ours = Attention(64, num_heads=4, qkv_bias=True, attn_drop=attn_drop)
+    with torch.no_grad():
+        ours.qkv.bias.normal_(std=1.0)  # biases big enough that dropping one would show
+        ours.proj.bias.normal_(std=1.0)
+    reference = TimmAttention(64, num_heads=4, qkv_bias=True, attn_drop=attn_drop)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 10, 64)
+    for module in (ours, reference):
+        module.eval()
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max() <= 1e-5
+    ours.train(), reference.train()
+    for module in (ours, reference):
+        torch.manual_seed(1)  # the same dropout mask for both
+        module(x).square().sum().backward()
+    for (name, mine), theirs in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        assert (mine.grad - theirs.grad).abs().max() <= 1e-3 * theirs.grad.abs().max(), name

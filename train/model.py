@@ -46,6 +46,12 @@ class Attention(TimmAttention):
     three per-head transposes. Three projections from slices of the same weight skip that copy.
     Measured on TimeSformer-base 8x224, 2-core CPU: ORT's profiler put the time spent moving data
     at 79 ms a clip instead of 100, and fp32 and int8 clips ran 4-5% faster, interleaved.
+
+    Two biases are dropped from the arithmetic, not from the parameters, with the same result:
+    the key bias moves every score of a query's row by the same amount, which softmax ignores; and
+    without attention dropout each row of attention weights sums to 1, so the value bias reaches
+    the output unchanged and folds into proj's bias. That is 48 fewer Adds over activations in
+    base's export (its profiled adds: 82 -> 60 ms a clip).
     """
 
     def forward(
@@ -54,23 +60,36 @@ class Attention(TimmAttention):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
+        dropout_p = self.attn_drop.p if self.training else 0.0
         weights = self.qkv.weight.chunk(3)
-        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        q_bias, k_bias, v_bias = (
+            self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        )
+        plain = isinstance(self.k_norm, nn.Identity) and isinstance(self.norm, nn.Identity)
+        proj_bias = self.proj.bias
+        if plain:
+            # Adding k_bias adds q·k_bias to every score of a query's row, which softmax ignores.
+            k_bias = None
+            if dropout_p == 0.0 and v_bias is not None and proj_bias is not None:
+                # Each row of weights sums to 1, so v_bias passes through unchanged: it folds
+                # into proj's bias, a constant of the export.
+                proj_bias = proj_bias + self.proj.weight @ v_bias
+                v_bias = None
         q, k, v = (
             rearrange(F.linear(x, w, bias), "b n (h d) -> b h n d", h=self.num_heads)
-            for w, bias in zip(weights, biases, strict=True)
+            for w, bias in zip(weights, (q_bias, k_bias, v_bias), strict=True)
         )
         x = F.scaled_dot_product_attention(
             self.q_norm(q),
             self.k_norm(k),
             v,
             attn_mask=attn_mask,
-            dropout_p=self.attn_drop.p if self.training else 0.0,
+            dropout_p=dropout_p,
             is_causal=is_causal,
             scale=self.scale,
         )
         x = self.norm(rearrange(x, "b h n d -> b n (h d)"))
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(F.linear(x, self.proj.weight, proj_bias))
 
 
 class Block(nn.Module):
