@@ -194,3 +194,26 @@ def test_attention_matches_timm_in_value_and_gradient(attn_drop):
         module(x).square().sum().backward()
     for (name, mine), theirs in zip(ours.named_parameters(), reference.parameters(), strict=True):
         assert (mine.grad - theirs.grad).abs().max() <= 1e-3 * theirs.grad.abs().max(), name
+
+
+def test_divided_block_drops_paths_per_sample_like_the_reference():
+    # The reference drops temporal residuals per (clip, patch) and spatial ones per (clip, frame):
+    # the rows DropPath sees must be those, whatever layout the attention runs in.
+    torch.manual_seed(0)
+    model = TimeSformer(**{**SMALL, "drop_path_rate": 0.5}).train()
+    block = model.blocks[0]
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return x
+
+    block.drop_path = Recorder()
+    batch, frames, patches, dim = 2, SMALL["num_frames"], (32 // 16) ** 2, SMALL["embed_dim"]
+    block(torch.randn(batch, 1 + patches * frames, dim), frames)
+    assert seen == [
+        (batch * patches, frames, dim),  # temporal: one row per clip and patch position
+        (batch * frames, 1 + patches, dim),  # spatial: one row per clip and frame
+        (batch, 1 + patches * frames, dim),  # MLP: one row per clip
+    ]

@@ -52,6 +52,10 @@ class Attention(TimmAttention):
     without attention dropout each row of attention weights sums to 1, so the value bias reaches
     the output unchanged and folds into proj's bias. That is 48 fewer Adds over activations in
     base's export (its profiled adds: 82 -> 60 ms a clip).
+
+    ``attend`` takes the sequence outermost, which lets ORT read q, k and v in place; the divided
+    block uses it for both of its attentions (base 8x224: 124 -> 52 Transposes after ORT's
+    optimizer, fp32 1.6% and dynamic int8 6% faster, paired runs interleaved).
     """
 
     def forward(
@@ -60,6 +64,27 @@ class Attention(TimmAttention):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
+        """``x``: [B, N, D], one sequence per batch row -> [B, N, D]."""
+        return self.attend(
+            x, "b n (h d) -> b h n d", "b h n d -> b n (h d)", attn_mask, is_causal
+        )
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        split: str,
+        merge: str,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        **axes: int,
+    ) -> torch.Tensor:
+        """Attention over a layout of the caller's choosing.
+
+        ``split`` is the einops pattern from a projection of ``x`` to heads ``b h n d``, ``merge``
+        the one from the output's heads back to tokens (``axes`` sizes them). With the sequence
+        outermost (``n b (h d) -> b h n d``), ONNX Runtime reads q, k and v in place: it folds
+        that transpose into its attention MatMuls (``transBatch``) instead of copying each.
+        """
         dropout_p = self.attn_drop.p if self.training else 0.0
         weights = self.qkv.weight.chunk(3)
         q_bias, k_bias, v_bias = (
@@ -76,7 +101,7 @@ class Attention(TimmAttention):
                 proj_bias = proj_bias + self.proj.weight @ v_bias
                 v_bias = None
         q, k, v = (
-            rearrange(F.linear(x, w, bias), "b n (h d) -> b h n d", h=self.num_heads)
+            rearrange(F.linear(x, w, bias), split, h=self.num_heads)
             for w, bias in zip(weights, (q_bias, k_bias, v_bias), strict=True)
         )
         x = F.scaled_dot_product_attention(
@@ -88,7 +113,7 @@ class Attention(TimmAttention):
             is_causal=is_causal,
             scale=self.scale,
         )
-        x = self.norm(rearrange(x, "b h n d -> b n (h d)"))
+        x = self.norm(rearrange(x, merge, **axes))
         return self.proj_drop(F.linear(x, self.proj.weight, proj_bias))
 
 
@@ -161,22 +186,36 @@ class DividedBlock(Block):
         self.temporal_fc = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        t = num_frames
+        t, b = num_frames, x.shape[0]
         cls, patches = x[:, :1], x[:, 1:]
 
-        xt = rearrange(patches, "b (n t) d -> (b n) t d", t=t)
-        res_t = self.drop_path(self.temporal_attn(self.temporal_norm1(xt)))
-        res_t = rearrange(res_t, "(b n) t d -> b (n t) d", b=x.shape[0])
+        # Both attentions take their sequences outermost (see Attention.attend) and give back
+        # tokens in the block's own layout, so the only copies are the two regroupings.
+        xt = rearrange(patches, "b (n t) d -> t (b n) d", t=t)
+        res_t = self.temporal_attn.attend(
+            self.temporal_norm1(xt), "t bn (h d) -> bn h t d", "bn h t d -> bn t (h d)"
+        )
+        res_t = rearrange(self.drop_path(res_t), "(b n) t d -> b (n t) d", b=b)
         patches = patches + self.temporal_fc(res_t)
 
-        xs = rearrange(patches, "b (n t) d -> (b t) n d", t=t)
-        xs = torch.cat((repeat(cls, "b 1 d -> (b t) 1 d", t=t), xs), dim=1)
-        res_s = self.drop_path(self.attn(self.norm1(xs)))
-        res_cls = reduce(res_s[:, :1], "(b t) 1 d -> b 1 d", "mean", t=t)
-        res_patches = rearrange(res_s[:, 1:], "(b t) n d -> b (n t) d", t=t)
+        xs = rearrange(patches, "b (n t) d -> n (b t) d", t=t)
+        xs = torch.cat((repeat(cls, "b 1 d -> 1 (b t) d", t=t), xs), dim=0)
+        res_s = self.attn.attend(
+            self.norm1(xs), "n bt (h d) -> bt h n d", "(b t) h n d -> b n t (h d)", t=t
+        )
+        res_s = self._drop_frames(res_s)
+        res_cls = reduce(res_s[:, :1], "b 1 t d -> b 1 d", "mean")
+        res_patches = rearrange(res_s[:, 1:], "b n t d -> b (n t) d")
 
         x = torch.cat((cls + res_cls, patches + res_patches), dim=1)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _drop_frames(self, res: torch.Tensor) -> torch.Tensor:
+        """drop_path over ``res`` [B, N, T, D] frame by frame, as the reference drops it."""
+        if not self.training or isinstance(self.drop_path, nn.Identity):
+            return res
+        frames = rearrange(res, "b n t d -> (b t) n d")
+        return rearrange(self.drop_path(frames), "(b t) n d -> b n t d", b=res.shape[0])
 
 
 class TimeSformer(nn.Module):
