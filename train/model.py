@@ -65,9 +65,7 @@ class Attention(TimmAttention):
         is_causal: bool = False,
     ) -> torch.Tensor:
         """``x``: [B, N, D], one sequence per batch row -> [B, N, D]."""
-        return self.attend(
-            x, "b n (h d) -> b h n d", "b h n d -> b n (h d)", attn_mask, is_causal
-        )
+        return self.attend(x, "b n (h d) -> b h n d", "b h n d -> b n (h d)", attn_mask, is_causal)
 
     def attend(
         self,
@@ -90,16 +88,16 @@ class Attention(TimmAttention):
         q_bias, k_bias, v_bias = (
             self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
         )
-        plain = isinstance(self.k_norm, nn.Identity) and isinstance(self.norm, nn.Identity)
-        proj_bias = self.proj.bias
-        if plain:
+        if isinstance(self.k_norm, nn.Identity):
             # Adding k_bias adds q·k_bias to every score of a query's row, which softmax ignores.
             k_bias = None
-            if dropout_p == 0.0 and v_bias is not None and proj_bias is not None:
-                # Each row of weights sums to 1, so v_bias passes through unchanged: it folds
-                # into proj's bias, a constant of the export.
-                proj_bias = proj_bias + self.proj.weight @ v_bias
-                v_bias = None
+        proj_bias = self.proj.bias
+        folds = isinstance(self.norm, nn.Identity) and dropout_p == 0.0
+        if folds and v_bias is not None and proj_bias is not None:
+            # Each row of weights sums to 1, so v_bias passes through unchanged: it folds into
+            # proj's bias, a constant of the export.
+            proj_bias = proj_bias + self.proj.weight @ v_bias
+            v_bias = None
         q, k, v = (
             rearrange(F.linear(x, w, bias), split, h=self.num_heads)
             for w, bias in zip(weights, (q_bias, k_bias, v_bias), strict=True)
@@ -189,8 +187,9 @@ class DividedBlock(Block):
         t, b = num_frames, x.shape[0]
         cls, patches = x[:, :1], x[:, 1:]
 
-        # Both attentions take their sequences outermost (see Attention.attend) and give back
-        # tokens in the block's own layout, so the only copies are the two regroupings.
+        # Both attentions take their sequences outermost (see Attention.attend) and merge their
+        # heads straight into the block's own layout: the copies left are the two regroupings
+        # and the two merges.
         xt = rearrange(patches, "b (n t) d -> t (b n) d", t=t)
         res_t = self.temporal_attn.attend(
             self.temporal_norm1(xt), "t bn (h d) -> bn h t d", "bn h t d -> bn t (h d)"
