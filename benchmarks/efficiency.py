@@ -667,9 +667,9 @@ def run(bench: Bench) -> SectionResult:
             for k, v in batches.items()
         },
     }
-    fp32_peak = Stats.of(peak.rounds["fp32"]).median
-    result.body = _markdown(p, peak, subs, times, shares, agree, batches, biggest, split)
-    result.targets = _targets(subs, times, shares, agree, _gap(biggest, split["fp32"], fp32_peak))
+    gap = _gap(biggest, split["fp32"], Stats.of(peak.rounds["fp32"]).median)
+    result.body = _markdown(p, peak, subs, times, shares, agree, batches, biggest, split, gap)
+    result.targets = _targets(subs, times, shares, agree, gap)
     for s in subs:
         fp32 = Stats.of(times[s.label]["fp32"])
         best = min(PRECISIONS[1:], key=lambda k: Stats.of(times[s.label][k]).median)
@@ -793,7 +793,7 @@ def _split_markdown(subject: Subject, split: dict[str, TimeSplit], gap: Gap) -> 
     ]
 
 
-def _markdown(p, peak, subs, times, shares, agree, batches, biggest, split) -> str:
+def _markdown(p, peak, subs, times, shares, agree, batches, biggest, split, gap) -> str:
     fp32_peak, int8_peak = Stats.of(peak.rounds["fp32"]), Stats.of(peak.rounds["int8"])
     shapes = ", ".join(f"{m}x{k}x{n}" for m, k, n in peak.shapes)
     rows = []
@@ -840,7 +840,7 @@ def _markdown(p, peak, subs, times, shares, agree, batches, biggest, split) -> s
             ],
             rows,
         ),
-        *_split_markdown(biggest, split, _gap(biggest, split["fp32"], fp32_peak.median)),
+        *_split_markdown(biggest, split, gap),
     ]
     if agree:
         arows = [
