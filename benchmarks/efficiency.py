@@ -82,6 +82,8 @@ def count_gflop(path: Path) -> float:
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    from export.onnx import is_constant_product
+
     proto = onnx.load(str(path))
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     dim.ClearField("dim_param")
@@ -99,8 +101,8 @@ def count_gflop(path: Path) -> float:
     flops = 0
     for node in proto.graph.node:
         out = shapes.get(node.output[0])
-        if node.op_type in ("MatMul", "Gemm") and node.input[0] in inits:
-            continue  # a product of constants (a folded bias): ORT computes it once, at load
+        if is_constant_product(node, inits):
+            continue
         if node.op_type in ("MatMul", "Gemm"):
             a = shapes.get(node.input[0])
             transposed = any(at.name == "transA" and at.i for at in node.attribute)

@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -480,13 +480,19 @@ def export_onnx(
     return output
 
 
+def is_constant_product(node: onnx.NodeProto, initializers: Container[str]) -> bool:
+    """A MatMul/Gemm of a constant by a constant (the attention's value bias carried through its
+    projection): no GEMM at run time, since ORT folds it when it loads the model."""
+    return node.op_type in ("MatMul", "Gemm") and node.input[0] in initializers
+
+
 def weight_matmuls(proto: onnx.ModelProto) -> list[str]:
     """The MatMul/Gemm nodes that multiply by a weight (an initializer), not two activations.
 
     Attention's own products (scores = Q K^T, then scores V) have no weights to quantize ahead of
     time and lose the most when quantized (softmax is sharp); only the weight GEMMs, which are
-    nearly all of the model's FLOPs, go to int8. A product of two constants (the attention's value
-    bias carried through its projection) is no GEMM either: ORT folds it when it loads the model.
+    nearly all of the model's FLOPs, go to int8. A product of two constants is no GEMM either
+    (:func:`is_constant_product`).
     """
     inits = {i.name: len(i.dims) for i in proto.graph.initializer}
     return [
@@ -494,7 +500,7 @@ def weight_matmuls(proto: onnx.ModelProto) -> list[str]:
         for n in proto.graph.node
         if n.op_type in ("MatMul", "Gemm")
         and len(n.input) > 1
-        and n.input[0] not in inits
+        and not is_constant_product(n, inits)
         and inits.get(n.input[1]) == 2
     ]
 
