@@ -119,6 +119,8 @@ def gemm_shapes(path: Path) -> list[tuple[int, int, int]]:
     """The (M, K, N) of the fp32 graph's weight GEMMs at batch 1, distinct, biggest first."""
     import onnx
 
+    from export.onnx import weight_matmuls
+
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name: list(i.dims) for i in proto.graph.initializer}
     # M is the token count: what the patch embedding leaves per clip (T*N) plus the class token.
@@ -127,10 +129,12 @@ def gemm_shapes(path: Path) -> list[tuple[int, int, int]]:
     conv = next(n for n in proto.graph.node if n.op_type == "Conv")
     patch = inits[conv.input[1]][-1]
     tokens = frames * (size // patch) ** 2
+    # The quantizer's own choice of weight GEMMs; the head's Gemm (one row a clip) is left out.
+    weights = set(weight_matmuls(proto))
     shapes = {
-        (tokens, *inits[n.input[1]][-2:])
+        (tokens, *inits[n.input[1]])
         for n in proto.graph.node
-        if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]]) == 2
+        if n.op_type == "MatMul" and n.name in weights
     }
     return sorted(shapes, key=lambda s: -s[0] * s[1] * s[2])
 
