@@ -254,6 +254,7 @@ class SectionResult:
     load: tuple[float, float] | None = None  # 1-minute load average before and after
     others: float | None = None  # share of the machine's CPU that other processes used meanwhile
     run: str | None = None  # which run measured it, when RESULTS.md mixes runs (--only)
+    machine: dict[str, Any] | None = None  # machine_info() of the run that measured it
 
 
 # -- the run's context ------------------------------------------------------------------------------
@@ -318,6 +319,26 @@ def _cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+# The instruction sets that decide which GEMM kernels ONNX Runtime picks (fp32 and int8 alike).
+CPU_FEATURES = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "amx_tile": "AMX",
+}
+
+
+def _cpu_features() -> list[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [name for flag, name in CPU_FEATURES.items() if flag in flags]
+    return []
 
 
 def _os_name() -> str:
@@ -407,6 +428,7 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu": _cpu_model(),
+        "cpu_features": _cpu_features(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),

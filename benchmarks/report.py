@@ -14,25 +14,62 @@ from benchmarks.common import Profile, SectionResult, Target, md_table
 SHARED_ABOVE = 0.10
 
 
-def machine_table(machine: dict[str, Any]) -> str:
-    rows = [
-        [
+def _machine_rows(machine: dict[str, Any]) -> list[tuple[str, str]]:
+    features = machine.get("cpu_features")
+    return [
+        (
             "CPU",
-            f"{machine['cpu']} ({machine['physical_cores']} physical / {machine['logical_cores']} logical cores)",
-        ],
-        ["RAM", f"{machine['ram_gib']} GiB"],
-        ["OS", machine["os"]],
-        ["Python", machine["python"]],
-        [
+            f"{machine['cpu']} ({machine['physical_cores']} physical / "
+            f"{machine['logical_cores']} logical cores)",
+        ),
+        # Older results.json files did not record them.
+        ("CPU features", ", ".join(features) if features else "not recorded"),
+        ("RAM", f"{machine['ram_gib']} GiB"),
+        ("OS", machine["os"]),
+        ("Python", machine["python"]),
+        (
             "torch / onnxruntime / onnx",
             f"{machine['torch']} / {machine['onnxruntime']} / {machine['onnx']}",
-        ],
-        ["OpenCV / numpy", f"{machine['opencv']} / {machine['numpy']}"],
-        ["ORT providers listed", ", ".join(machine["ort_providers_listed"]) or "none"],
-        ["Provider used", machine["provider_used"]],
-        ["GPU", "; ".join(machine["gpus"]) or "none"],
+        ),
+        ("OpenCV / numpy", f"{machine['opencv']} / {machine['numpy']}"),
+        ("ORT providers listed", ", ".join(machine["ort_providers_listed"]) or "none"),
+        ("Provider used", machine["provider_used"]),
+        ("GPU", "; ".join(machine["gpus"]) or "none"),
     ]
-    return md_table(["", ""], rows)
+
+
+def machine_table(machines: list[tuple[str, dict[str, Any]]]) -> str:
+    """One column per machine, headed by the sections it measured (no heading when only one)."""
+    columns = [_machine_rows(m) for _, m in machines]
+    header = ["", *(label for label, _ in machines)] if len(machines) > 1 else ["", ""]
+    rows = [[name, *(col[i][1] for col in columns)] for i, (name, _) in enumerate(columns[0])]
+    return md_table(header, rows)
+
+
+def _machines(
+    current: dict[str, Any], sections: list[SectionResult]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The machines the sections were measured on, in section order, each with its sections.
+
+    A run of ``--only`` some sections keeps the others' figures, which may come from another
+    machine: a VM's host can change between runs, and its figures with it.
+    """
+    groups: list[tuple[list[str], dict[str, Any]]] = []
+    for section in sections:
+        machine = section.machine or current
+        rows = _machine_rows(machine)
+        for keys, known in groups:
+            if _machine_rows(known) == rows:
+                keys.append(section.title.split(".")[0])
+                break
+        else:
+            groups.append(([section.title.split(".")[0]], machine))
+    if not groups:
+        return [("", current)]
+    return [
+        (f"section{'s' if len(keys) > 1 else ''} {', '.join(keys)}", machine)
+        for keys, machine in groups
+    ]
 
 
 def _sharing_note(sections: list[SectionResult]) -> list[str]:
@@ -91,7 +128,7 @@ def render(
         *_sharing_note(sections),
         "## Machine",
         "",
-        machine_table(machine),
+        machine_table(_machines(machine, sections)),
         "",
         "## Headline",
         "",
@@ -168,6 +205,7 @@ def write(
                 "body": s.body,
                 "figures": s.figures,
                 "run": s.run,
+                "machine": s.machine or machine,
             }
             for s in sections
         },
@@ -213,6 +251,8 @@ def previous_sections(out_dir: Path) -> list[SectionResult]:
                 load=tuple(stored["load"]) if stored.get("load") else None,
                 others=stored.get("others_cpu"),
                 run=stored.get("run") or default_run,
+                # Files written before sections kept their own: the run's machine is theirs.
+                machine=stored.get("machine") or raw.get("machine"),
             )
         )
     return sections

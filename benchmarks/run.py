@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"`python -m benchmarks.run{' --full' if args.full else ''} --only "
                         f"{' '.join(args.only)}` ({profile.name} mode) on {when}"
                     )
+                result.machine = machine
                 results.append(result)
                 status = "[red]failed[/red]" if result.error else "done"
                 progress.console.log(f"{result.title}: {status} in {result.seconds:.0f} s")

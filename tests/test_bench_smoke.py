@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from benchmarks import baseline_original, efficiency, memory, original, run
-from benchmarks.common import SMOKE, CpuReading, Stats, Target
+from benchmarks import baseline_original, efficiency, memory, original, report, run
+from benchmarks.common import SMOKE, CpuReading, SectionResult, Stats, Target, machine_info
 from benchmarks.footage import structured_clips
 from benchmarks.models import DIAL_CLASSES, dial_proto, write_dial
 from stream.contract import load_contract
@@ -67,6 +67,32 @@ def test_structured_clips_are_deterministic_video_not_noise():
     noise = np.random.default_rng(0).integers(0, 256, clips.shape, dtype=np.uint8)
     noise_step = np.abs(np.diff(noise.astype(np.int16), axis=1)).mean()
     assert step < noise_step / 4  # consecutive frames resemble each other, as in video
+
+
+def test_report_names_the_machine_of_each_section_it_keeps(tmp_path):
+    # `--only` keeps the other sections' figures; they may come from another host than the new
+    # run's, and the report must not put them under the new machine.
+    old = {**machine_info(), "cpu": "Old CPU", "cpu_features": []}
+    new = {**machine_info(), "cpu": "New CPU", "cpu_features": ["AVX-512"]}
+    kept = [SectionResult(k, run.SECTIONS[k].TITLE) for k in ("inference", "overhead")]
+    report.write(tmp_path, SMOKE, old, kept, 1.0)
+    # results.json files from before sections kept a machine of their own: the run's is theirs.
+    raw = json.loads((tmp_path / "results.json").read_text())
+    for stored in raw["sections"].values():
+        del stored["machine"]
+    (tmp_path / "results.json").write_text(json.dumps(raw))
+
+    fresh = SectionResult("efficiency", efficiency.TITLE, machine=new)
+    sections = [*report.previous_sections(tmp_path), fresh]
+    assert [s.machine["cpu"] for s in sections] == ["Old CPU", "Old CPU", "New CPU"]
+    text = report.render(SMOKE, new, sections, 1.0)
+    machine = text.split("## Machine", 1)[1].split("## Headline", 1)[0]
+    assert "| | sections 1, 2 | section 13 |" in machine.replace("|  |", "| |")
+    assert "Old CPU" in machine and "New CPU" in machine
+    assert "not recorded" in machine and "AVX-512" in machine
+
+    alone = report.render(SMOKE, new, [fresh], 1.0).split("## Machine", 1)[1]
+    assert "Old CPU" not in alone and "section 13 |" not in alone.split("## Headline", 1)[0]
 
 
 def test_stats_report_median_and_min_max_spread():
