@@ -313,12 +313,17 @@ class Bench:
 # -- the machine ------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first core's ``field`` in /proc/cpuinfo (Linux), or None."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # The instruction sets that decide which GEMM kernels ONNX Runtime picks (fp32 and int8 alike).
@@ -333,12 +338,8 @@ CPU_FEATURES = {
 
 
 def _cpu_features() -> list[str]:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [name for flag, name in CPU_FEATURES.items() if flag in flags]
-    return []
+    flags = set((_cpuinfo("flags") or "").split())
+    return [name for flag, name in CPU_FEATURES.items() if flag in flags]
 
 
 def _os_name() -> str:
