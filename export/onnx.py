@@ -519,15 +519,25 @@ def _quiet_quantizer():
 
 
 class _ClipReader:
-    """onnxruntime.quantization's CalibrationDataReader protocol over an array of clips."""
+    """onnxruntime.quantization's CalibrationDataReader protocol over an array of clips, with the
+    length and range that its strided calibration reads the clips through."""
 
     def __init__(self, clips: np.ndarray, progress=None):
         self._clips = clips
+        self._start = 0
+        self._end = len(clips)
         self._next = 0
         self._progress = progress
 
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._start, self._end = start_index, min(end_index, len(self._clips))
+        self._next = start_index
+
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self._clips):
+        if self._next >= self._end:
             return None
         clip = self._clips[self._next : self._next + 1]
         self._next += 1
@@ -536,7 +546,7 @@ class _ClipReader:
         return {INPUT_NAME: clip}
 
     def rewind(self) -> None:
-        self._next = 0
+        self._next = self._start
 
 
 def quantize_int8(
@@ -584,11 +594,19 @@ def quantize_int8(
                 # uint8 activations times int8 weights: the form VNNI and AMX multiply.
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                # Each activation's range is the 99.999th percentile of its magnitude on the
+                # calibration clips, not its extreme: a few outliers no longer coarsen the step
+                # for every other value (base 8x224's lower bound, 100 clips: 99% agreement against
+                # MinMax's 97%, the largest error in probability 0.29 against 0.46).
+                calibrate_method=CalibrationMethod.Percentile,
                 extra_options={
                     # A GEMM's float output goes straight on (bias, GELU, residual): ORT fuses
                     # each into one MatMulIntegerToFloat, with no requantization.
                     "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                    # The histograms are filled one clip at a time. Taken all at once (ORT's
+                    # default), they hold every calibrated activation of every clip in memory:
+                    # 16 clips of base 8x224 ran out of 24 GiB; one at a time, it peaks at 6.4 GB.
+                    "CalibStridedMinMax": 1,
                 },
             )
     written = onnx.load(str(target))

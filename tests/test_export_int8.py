@@ -163,3 +163,35 @@ def test_calibration_needs_int8_and_a_real_folder_and_fails_in_one_line(ckpt, tm
     )
     assert code == 2 and "no such folder" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_static_ranges_are_not_set_by_one_outlier_in_the_calibration_clips(tmp_path):
+    """A single extreme value among 160k calibration values must not widen the activation's
+    quantization step for all the others (it would with the plain min-max range)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((128, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [onnx_export.INPUT_NAME, "w"], ["y"], name="mm")],
+        "toy",
+        [helper.make_tensor_value_info(onnx_export.INPUT_NAME, TensorProto.FLOAT, [None, 64, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64, 8])],
+        [weight],
+    )
+    source = tmp_path / "toy.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what ONNX Runtime reads, whatever the onnx package writes by default
+    onnx.save(model, source)
+    clips = rng.standard_normal((20, 64, 128)).astype(np.float32)
+    clips[-1, 0, 0] = 1000.0
+    seen = []
+    onnx_export.quantize_int8(
+        source, tmp_path / "q.onnx", clips, lambda done, total: seen.append(done)
+    )
+    assert seen == list(range(1, 21))  # every clip read once, one at a time
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    (quantize,) = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    scale = float(inits[quantize.input[1]])
+    assert scale * 255 < 12, scale  # the range spans the normal values (|x| < 6), not 1000
