@@ -28,7 +28,8 @@ OPSET = 17
 _UNSET = object()
 
 
-def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str]) -> Path:
+def save_graph(graph: onnx.GraphProto, path: Path, metadata: dict[str, str]) -> Path:
+    """``graph`` as a checked model file that every ONNX Runtime we support reads."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8  # readable by every onnxruntime >= 1.14
     for key, value in metadata.items():
@@ -91,7 +92,9 @@ def probe_model(
     ]
     graph = helper.make_graph(nodes, "probe", [frames], [scores], inits)
     names = [f"frame{i}" for i in range(t)] + ["rest"]
-    return _save(graph, path, contract_metadata(names, clip_seconds, t, image_size, "probe model"))
+    return save_graph(
+        graph, path, contract_metadata(names, clip_seconds, t, image_size, "probe model")
+    )
 
 
 def decode_probe(scores: Sequence[float], num_frames: int) -> np.ndarray:
@@ -146,7 +149,7 @@ def classifier_model(
             meta.pop(key, None)
         else:
             meta[key] = value
-    return _save(graph, path, meta)
+    return save_graph(graph, path, meta)
 
 
 def level_model(
@@ -180,7 +183,7 @@ def level_model(
     ]
     graph = helper.make_graph(nodes, "level", [frames], [scores], inits)
     meta = contract_metadata(names, clip_seconds, num_frames, image_size, "grey level model")
-    return _save(graph, path, meta)
+    return save_graph(graph, path, meta)
 
 
 def matmul_model(
@@ -231,7 +234,7 @@ def matmul_model(
     ]
     graph = helper.make_graph(nodes, "matmul", [frames], [scores], inits)
     meta = contract_metadata(class_names, clip_seconds, num_frames, image_size, "matmul cost model")
-    return _save(graph, path, meta)
+    return save_graph(graph, path, meta)
 
 
 def faulty_model(
@@ -301,4 +304,4 @@ def faulty_model(
     meta = contract_metadata(
         ("dark", "bright"), clip_seconds, num_frames, image_size, "faulty model"
     )
-    return _save(graph, path, meta)
+    return save_graph(graph, path, meta)

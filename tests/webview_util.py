@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.onnx_models import _save, contract_metadata
+from tests.onnx_models import contract_metadata, save_graph
 
 COLOURS = {"wash": (255, 0, 0), "cut": (0, 255, 0), "stir": (0, 0, 255)}  # class: its BGR colour
 SEGMENTS = (("stir", 2.0), ("cut", 2.0), ("wash", 2.0), ("stir", 2.0))
@@ -46,7 +46,7 @@ def colour_model(
     gain = numpy_helper.from_array(np.array(0.05, np.float32), "gain")
     graph = helper.make_graph(nodes, "colour", [frames], [scores], [gain])
     meta = contract_metadata(list(COLOURS), clip_seconds, num_frames, image_size, "colour model")
-    return _save(graph, path, meta)
+    return save_graph(graph, path, meta)
 
 
 def segment_video(
