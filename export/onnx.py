@@ -43,6 +43,7 @@ from export.errors import ExportError, ParityError
 from export.wrapper import ContractModel
 from stream.contract import INPUT_NAME, OUTPUT_NAME, ModelContract, read_contract
 from stream.errors import ContractError, OptionError, OutputError
+from train.model import TimeSformer
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -407,7 +408,10 @@ def prepare_model(
     export its model and carry on with it.
     """
     network = copy.deepcopy(model) if copy_model else model
-    return ContractModel(network.float().cpu().eval(), mean, std).eval()
+    network = network.float().cpu().eval()
+    if isinstance(network, TimeSformer):
+        network.fold_for_inference()
+    return ContractModel(network, mean, std).eval()
 
 
 @contextlib.contextmanager

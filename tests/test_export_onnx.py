@@ -123,6 +123,20 @@ def test_probabilities_match_torch_on_the_same_bgr_uint8_clips(network, session,
     assert np.abs(onnx_scores - torch_scores).max() < 1e-4
 
 
+def test_temporal_fc_reaches_the_graph_folded_into_one_plain_weight(exported):
+    # Each divided block: q, k, v and the folded projection for each attention, and the MLP's two;
+    # then the head. A fold left to ONNX (a product of two weights) would be no weight to quantize.
+    proto = onnx.load(str(exported))
+    inits = {i.name: len(i.dims) for i in proto.graph.initializer}
+    assert len(onnx_export.weight_matmuls(proto)) == CFG["depth"] * 10 + 1
+    products = [
+        n
+        for n in proto.graph.node
+        if n.op_type in ("MatMul", "Gemm") and all(inits.get(name) == 2 for name in n.input[:2])
+    ]
+    assert not products
+
+
 def test_graph_does_bgr_to_rgb_scale_and_normalize_itself(network, session):
     """Independent of FrameNormalizer: the textbook preprocessing in numpy, then the network."""
     frames = clips(2, seed=99)

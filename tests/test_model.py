@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,26 @@ def test_divided_block_drops_paths_per_sample_like_the_reference():
         (batch * frames, 1 + patches, dim),  # spatial: one row per clip and frame
         (batch, 1 + patches * frames, dim),  # MLP: one row per clip
     ]
+
+
+def test_folding_temporal_fc_keeps_an_eval_models_outputs_with_one_linear_fewer_a_block():
+    torch.manual_seed(0)
+    model = TimeSformer(**SMALL).eval()
+    with torch.no_grad():  # the reference zeroes every temporal_fc but the first: draw them all
+        for block in model.blocks:
+            block.temporal_fc.weight.normal_(0.0, 0.2)
+            block.temporal_fc.bias.normal_(0.0, 0.2)
+    x = _clip(batch=2)
+    folded = copy.deepcopy(model).fold_for_inference()
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    assert (expected - got).abs().max() < 1e-5
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.Linear) for m in folded.modules()) == linears - SMALL["depth"]
+    assert all(isinstance(b.temporal_fc, torch.nn.Identity) for b in folded.blocks)
+
+
+def test_folding_refuses_a_model_in_training():
+    # drop_path sits between temporal attention's projection and temporal_fc while training.
+    with pytest.raises(RuntimeError, match="eval"):
+        TimeSformer(**SMALL).train().fold_for_inference()

@@ -115,6 +115,28 @@ class Attention(TimmAttention):
         return self.proj_drop(F.linear(x, self.proj.weight, proj_bias))
 
 
+def compose_linears(first: nn.Linear, second: nn.Linear) -> nn.Linear:
+    """One Linear computing ``second(first(x))``: weight W2 W1, bias W2 b1 + b2."""
+    has_bias = first.bias is not None or second.bias is not None
+    composed = nn.Linear(
+        first.in_features,
+        second.out_features,
+        bias=has_bias,
+        device=second.weight.device,
+        dtype=second.weight.dtype,
+    )
+    with torch.no_grad():
+        composed.weight.copy_(second.weight @ first.weight)
+        if has_bias:
+            bias = torch.zeros_like(composed.bias)
+            if first.bias is not None:
+                bias += second.weight @ first.bias
+            if second.bias is not None:
+                bias += second.bias
+            composed.bias.copy_(bias)
+    return composed
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: attention over whatever sequence it is given, then MLP.
 
@@ -209,6 +231,19 @@ class DividedBlock(Block):
         x = torch.cat((cls + res_cls, patches + res_patches), dim=1)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def fold_temporal_fc(self) -> None:
+        """Make temporal attention's output projection and ``temporal_fc`` one Linear, for inference.
+
+        Between the two sit only dropout and drop_path, which are identities outside training, and
+        a reordering of tokens, which a per-token Linear commutes with. One GEMM fewer a block
+        (base 8x224: 22 of 392 GFLOP a clip). The fold runs in torch, so the export gets the
+        product as a plain weight that the int8 quantizer can take.
+        """
+        if self.training:
+            raise RuntimeError("fold_temporal_fc is for eval models: training drops paths between")
+        self.temporal_attn.proj = compose_linears(self.temporal_attn.proj, self.temporal_fc)
+        self.temporal_fc = nn.Identity()
+
     def _drop_frames(self, res: torch.Tensor) -> torch.Tensor:
         """drop_path over ``res`` [B, N, T, D] frame by frame, as the reference drops it."""
         if not self.training or isinstance(self.drop_path, nn.Identity):
@@ -300,6 +335,14 @@ class TimeSformer(nn.Module):
             if isinstance(blk, DividedBlock):
                 nn.init.zeros_(blk.temporal_fc.weight)
                 nn.init.zeros_(blk.temporal_fc.bias)
+
+    def fold_for_inference(self) -> TimeSformer:
+        """Fold what only training keeps apart (see :meth:`DividedBlock.fold_temporal_fc`), in
+        place; an eval model's outputs stay the same up to float rounding. Returns the model."""
+        for block in self.blocks:
+            if isinstance(block, DividedBlock):
+                block.fold_temporal_fc()
+        return self
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
