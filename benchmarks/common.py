@@ -86,7 +86,9 @@ class Profile:
     efficiency_random: tuple[tuple[str, int], ...] = (("tiny", 112), ("base", 224))
     efficiency_calibration: int = 16
     efficiency_compare: int = 200  # clips of the demo video (demo and synth-trained models)
-    efficiency_compare_random: int = 100  # smooth clips for base 8x224: one flip is 1%, not 2.5%
+    # Smooth clips for base 8x224. With 100, two sets of clips gave 99% and 96% for the same int8
+    # model: the 98% goal sat inside the count's own noise.
+    efficiency_compare_random: int = 300
     efficiency_rounds: int = 5
     efficiency_batch_runs: int = 3
     efficiency_peak_shapes: int = 3
