@@ -45,7 +45,8 @@ demo-model: install
 	cp runs/demo/model.onnx stream/models/demo.onnx
 	$(PY) -c "from stream.contract import load_contract; print(load_contract('stream/models/demo.onnx'))"
 
-# Not part of `make test`. Quick by default (at most 20 minutes on 2 cores); FULL=1 runs everything.
+# Not part of `make test`. Quick by default (section 13, CPU efficiency, alone takes about 15 minutes
+# on 2 cores); FULL=1 runs everything.
 # ONLY="efficiency inference" reruns those sections and keeps the others' figures in RESULTS.md.
 bench: install
 	$(PY) -m benchmarks.run $(if $(FULL),--full,) $(if $(ONLY),--only $(ONLY),)

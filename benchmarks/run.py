@@ -1,6 +1,6 @@
 """``make bench``: run the benchmark sections and write benchmarks/RESULTS.md with its plots.
 
-python -m benchmarks.run            # quick: about 7 minutes on a 2-core CPU (cold cache: +3)
+python -m benchmarks.run            # quick (section 13 alone: about 15 minutes on a 2-core CPU)
 python -m benchmarks.run --full     # everything: all presets and sizes, the 10-minute soak
 python -m benchmarks.run --only latency memory
 """
