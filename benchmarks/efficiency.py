@@ -809,6 +809,8 @@ def _split_markdown(subject: Subject, split: dict[str, TimeSplit], gap: Gap) -> 
 
 
 def _markdown(p, peak, subs, times, shares, agree, batches, biggest, split, gap) -> str:
+    from export.onnx import CALIBRATION_PERCENTILE
+
     fp32_peak, int8_peak = Stats.of(peak.rounds["fp32"]), Stats.of(peak.rounds["int8"])
     shapes = ", ".join(f"{m}x{k}x{n}" for m, k, n in peak.shapes)
     rows = []
@@ -876,8 +878,9 @@ def _markdown(p, peak, subs, times, shares, agree, batches, biggest, split, gap)
             "**int8 that keeps the answers**: top-1 agreement with fp32 on clips the static model "
             "was not calibrated on (demo and synth-trained: calibrated on a training-like video, "
             "compared on the demo video; base: calibrated and compared on different smooth clips). "
-            f"Static calibration: {p.efficiency_calibration} clips, ranges at the 99.999th percentile of "
-            "each activation's magnitude, per-channel weights.",
+            f"Static calibration: {p.efficiency_calibration} clips, ranges at the "
+            f"{CALIBRATION_PERCENTILE:g}th percentile of each activation's magnitude, per-channel "
+            "weights.",
             "",
             md_table(
                 [

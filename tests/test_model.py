@@ -235,6 +235,8 @@ def test_folding_temporal_fc_keeps_an_eval_models_outputs_with_one_linear_fewer_
     linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert sum(isinstance(m, torch.nn.Linear) for m in folded.modules()) == linears - SMALL["depth"]
     assert all(isinstance(b.temporal_fc, torch.nn.Identity) for b in folded.blocks)
+    with torch.no_grad():  # folding again changes nothing
+        assert torch.equal(folded.fold_for_inference()(x), got)
 
 
 def test_folding_refuses_a_model_in_training():

@@ -241,6 +241,8 @@ class DividedBlock(Block):
         """
         if self.training:
             raise RuntimeError("fold_temporal_fc is for eval models: training drops paths between")
+        if isinstance(self.temporal_fc, nn.Identity):
+            return  # already folded: a second fold would compose with nothing
         self.temporal_attn.proj = compose_linears(self.temporal_attn.proj, self.temporal_fc)
         self.temporal_fc = nn.Identity()
 
