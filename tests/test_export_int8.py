@@ -193,3 +193,40 @@ def test_static_ranges_are_not_set_by_one_outlier_in_the_calibration_clips(tmp_p
     (quantize,) = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     scale = float(inits[quantize.input[1]])
     assert scale * 255 < 12, scale  # the range spans the normal values (|x| < 6), not 1000
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_int8_leaves_the_classifier_float_whatever_its_op(tmp_path, static):
+    """The GEMM that reaches the scores through no other weight GEMM is the classifier: a row of
+    tokens a clip, nothing to gain from int8, and its rounding lands in the scores unsoftened. A
+    model we did not make may end in a MatMul, which dynamic int8 would otherwise quantize."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    body = numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32), "body")
+    head = numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "head")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", [onnx_export.INPUT_NAME, "body"], ["h"], name="body_mm"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "head"], [onnx_export.OUTPUT_NAME], name="head_mm"),
+        ],
+        "toy",
+        [helper.make_tensor_value_info(onnx_export.INPUT_NAME, TensorProto.FLOAT, [None, 16, 128])],
+        [helper.make_tensor_value_info(onnx_export.OUTPUT_NAME, TensorProto.FLOAT, [None, 16, 5])],
+        [body, head],
+    )
+    source = save_graph(graph, tmp_path / "toy.onnx", {})
+    assert onnx_export.classifier_gemms(onnx.load(str(source)), {"body_mm", "head_mm"}) == {
+        "head_mm"
+    }
+    clips = rng.standard_normal((4, 16, 128)).astype(np.float32) if static else None
+    onnx_export.quantize_int8(source, tmp_path / "q.onnx", clips)
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    # The head's weight is still the float initializer, read by a float MatMul ...
+    (reader,) = [n for n in proto.graph.node if "head" in n.input]
+    assert reader.op_type == "MatMul" and inits["head"] == TensorProto.FLOAT
+    # ... while the body's went to int8.
+    assert "body" not in inits
+    assert any(t == TensorProto.INT8 for name, t in inits.items() if name.startswith("body"))
