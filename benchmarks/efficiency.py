@@ -734,8 +734,18 @@ def _gap_text(gap: Gap) -> str:
     return (
         f"inside the model the weight GEMMs run at {gap.gemm_of_peak:.2f} of the peak (alone "
         f"they would give {gap.gemm_only_share:.2f}); everything else takes {gap.rest_ms:.0f} ms "
-        f"a clip, {gap.biggest[1]:.0f} of them {gap.biggest[0].split(' (')[0]}, and would have to "
-        f"fit in {max(gap.budget_ms, 0.0):.0f}"
+        f"a clip, {gap.biggest[1]:.0f} of them {gap.biggest[0].split(' (')[0]}, and "
+        + _budget_text(gap.budget_ms, f"{SHARE_GOAL:.2f} of the peak")
+    )
+
+
+def _budget_text(budget_ms: float, goal: str) -> str:
+    # A negative budget means the GEMMs alone already miss the goal; "fit in 0" would hide that.
+    if budget_ms > 0:
+        return f"would have to fit in {budget_ms:.0f}"
+    return (
+        f"nothing else could make up for it: the weight GEMMs alone take {-budget_ms:.0f} ms "
+        f"more than {goal} allows"
     )
 
 
@@ -747,8 +757,8 @@ def _speed_text(split: dict[str, TimeSplit], precision: str, peak_ratio: float) 
     return (
         f"the int8 GEMM peak is {peak_ratio:.1f}x the fp32 one here, but everything else costs "
         f"int8 about what it costs fp32 ({rest:.0f} against "
-        f"{fp32.run_ms - fp32.kinds[WEIGHT_GEMMS]:.0f} ms a profiled clip) and would have to fit "
-        f"in {max(budget, 0.0):.0f}"
+        f"{fp32.run_ms - fp32.kinds[WEIGHT_GEMMS]:.0f} ms a profiled clip) and "
+        + _budget_text(budget, f"{SPEEDUP_GOAL:g}x fp32")
     )
 
 

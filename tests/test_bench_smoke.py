@@ -256,3 +256,13 @@ def test_cpu_share_counts_other_processes_not_the_benchmark_itself():
     neighbour.wait()
     assert own < 0.5 / cores
     assert other > 0.6 / cores
+
+
+def test_gap_text_says_when_the_gemms_alone_miss_the_goal():
+    def gap(budget_ms):
+        return efficiency.Gap(0.79, 0.82, 279.0, budget_ms, ("attention (x)", 117.0))
+
+    assert "would have to fit in 105" in efficiency._gap_text(gap(105.0))
+    missed = efficiency._gap_text(gap(-40.0))
+    assert "fit in" not in missed
+    assert "the weight GEMMs alone take 40 ms more than 0.85 of the peak allows" in missed
