@@ -197,8 +197,17 @@ class Stats:
         q1, q3 = np.percentile(self.values, [25, 75])
         return float(q1), float(q3)
 
-    def fmt(self, digits: int = 1, unit: str = "") -> str:
-        """``12.3 [11.9-12.8]``: median, then min-max over the runs."""
+    def fmt(self, digits: int = 1, unit: str = "", against: float | None = None) -> str:
+        """``12.3 [11.9-12.8]``: median, then min-max over the runs.
+
+        With ``against`` (a target's goal), as many more places as it takes for the printed
+        median to sit on the same side of the goal as the median itself: 0.847 against 0.85 must
+        not print as 0.85, the goal, and read as met.
+        """
+        if against is not None:
+            side = np.sign(self.median - against)
+            while digits < 6 and np.sign(float(f"{self.median:.{digits}f}") - against) != side:
+                digits += 1
         unit = f" {unit}" if unit else ""
         if self.n == 1:
             return f"{self.median:.{digits}f}{unit}"

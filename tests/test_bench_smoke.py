@@ -102,6 +102,13 @@ def test_stats_report_median_and_min_max_spread():
     assert Target("t", "≤ 1", "2", False, "why").verdict == "**missed**"
 
 
+def test_a_median_near_its_goal_prints_on_the_goals_right_side():
+    assert Stats.of([0.847, 0.72, 0.88]).fmt(2, against=0.85) == "0.847 [0.720–0.880]"
+    assert Stats.of([1.004]).fmt(2, against=1.0) == "1.004"
+    assert Stats.of([0.88, 0.86]).fmt(2, against=0.85) == "0.87 [0.86–0.88]"
+    assert Stats.of([0.85]).fmt(2, against=0.85) == "0.85"
+
+
 def test_memory_flatness_tells_a_plateau_from_a_leak():
     flat = [(t, 200.0 + (t % 3) * 0.5, 9) for t in range(60)]
     leak = [(t, 200.0 + t * 1.0, 9) for t in range(60)]
