@@ -742,7 +742,7 @@ def _gap_text(gap: Gap) -> str:
 def _budget_text(budget_ms: float, goal: str) -> str:
     # A negative budget means the GEMMs alone already miss the goal; "fit in 0" would hide that.
     if budget_ms > 0:
-        return f"would have to fit in {budget_ms:.0f}"
+        return f"would have to fit in {budget_ms:.0f} ms for {goal}"
     return (
         f"nothing else could make up for it: the weight GEMMs alone take {-budget_ms:.0f} ms "
         f"more than {goal} allows"
@@ -829,7 +829,7 @@ def _split_markdown(subject: Subject, split: dict[str, TimeSplit], gap: Gap) -> 
         "",
         md_table(["kind of kernel", *split], rows),
         "",
-        f"fp32 against the median peak: {_gap_text(gap)} for {SHARE_GOAL:.2f} of the peak.",
+        f"fp32 against the median peak: {_gap_text(gap)}.",
     ]
 
 
